@@ -1,0 +1,187 @@
+"""Command-line interface: a thin layer over the Python API. Errors are one line on stderr, exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--data-dir", help="data root (default: $MEDBENCH_DATA, else ~/.medmnist)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    g.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+# (flag, RunConfig field, argparse kwargs): flags left out keep the config file's or recipe's value.
+TRAIN_FLAGS = [
+    ("--dataset", "dataset", dict(help="dataset name, e.g. breastmnist (see `medbench datasets`)")),
+    ("--model", "model", dict(help="model name (see `medbench models`); default resnet18")),
+    ("--size", "size", dict(type=int, help="image size: 28, 64, 128 or 224 (default 28)")),
+    ("--epochs", "epochs", dict(type=int)),
+    ("--recipe", "recipe", dict(help="named training recipe, e.g. medmnist-v2 (the default settings)")),
+    ("--batch-size", "batch_size", dict(type=int)),
+    ("--lr", "lr", dict(type=float)),
+    ("--optimizer", "optimizer", dict(choices=["adam", "adamw", "sgd"])),
+    ("--weight-decay", "weight_decay", dict(type=float)),
+    ("--schedule", "schedule", dict(choices=["multistep", "cosine", "onecycle", "constant"])),
+    ("--label-smoothing", "label_smoothing", dict(type=float)),
+    ("--ordinal-loss", "ordinal_loss", dict(choices=["ce", "corn"], help="ordinal tasks: ce (benchmark) or corn")),
+    ("--stem", "stem", dict(choices=["auto", "small", "imagenet"], help="ResNet stem (auto: small below 64 px)")),
+    ("--seed", "seed", dict(type=int)),
+    ("--device", "device", dict(help="auto, cpu, cuda or cuda:N")),
+    ("--precision", "precision", dict(choices=["auto", "fp32", "bf16", "fp16"])),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from medbench import __version__
+
+    common = _common()
+    parser = _Parser(prog="medbench", description="Train, evaluate and compare classifiers for medical images.")
+    parser.add_argument("--version", action="version", version=f"medbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("datasets", parents=[common], help="list datasets, tasks, classes, sizes, cached or not")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("models", parents=[common], help="list models")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("train", parents=[common], help="train one run into a run directory")
+    p.add_argument("--out", required=True, type=Path, help="run directory to create")
+    p.add_argument("--config", type=Path, help="YAML run config (e.g. a run's config.yaml); flags override it")
+    for flag, field, kw in TRAIN_FLAGS:
+        p.add_argument(flag, dest=field, default=None, **kw)
+    p.add_argument("--as-rgb", dest="as_rgb", action="store_const", const=True, default=None,
+                   help="repeat grey images to 3 channels")
+    p.add_argument("--deterministic", action="store_const", const=True, default=None,
+                   help="deterministic kernels (slower; same seed gives the same result)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config field, e.g. --set milestones=[0.5,0.75] (repeatable)")
+
+    p = sub.add_parser("evaluate", parents=[common], help="recompute a run's metrics from its saved weights")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--split", action="append", choices=["train", "val", "test"],
+                   help="split(s) to evaluate (default: all)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return parser
+
+
+def _train_settings(args) -> dict:
+    from medbench.config import read_config_file
+    from medbench.errors import MedbenchError
+
+    settings = read_config_file(args.config) if args.config else {}
+    for _, field, _ in TRAIN_FLAGS:
+        if getattr(args, field) is not None:
+            settings[field] = getattr(args, field)
+    for key in ("as_rgb", "deterministic"):
+        if getattr(args, key) is not None:
+            settings[key] = True
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MedbenchError(f"--set expects KEY=VALUE, got '{item}'")
+        settings[key.strip()] = yaml.safe_load(value)
+    if "dataset" not in settings:
+        raise MedbenchError("no dataset given: use --dataset NAME (see `medbench datasets`) or --config FILE")
+    return settings
+
+
+def _cmd_datasets(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from medbench.data import data_root, list_datasets
+
+    rows = list_datasets(args.data_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"MedMNIST 2D datasets (data root: {data_root(args.data_dir)})")
+    for col in ("name", "task", "channels", "classes", "train / val / test", "sizes on disk"):
+        t.add_column(col, no_wrap=True)
+    for r in rows:
+        n = r["n_samples"]
+        t.add_row(r["name"], r["task"], str(r["n_channels"]), str(len(r["classes"])),
+                  f"{n['train']} / {n['val']} / {n['test']}", ", ".join(map(str, r["cached_sizes"])) or "-")
+    Console().print(t)
+
+
+def _cmd_models(args) -> None:
+    from medbench.models import list_models, model_entry
+
+    rows = [{"name": n, "family": model_entry(n).family, "description": model_entry(n).description}
+            for n in list_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['name']:<16} {r['family']:<10} {r['description']}")
+
+
+def _cmd_train(args) -> None:
+    from medbench.config import resolve_config
+    from medbench.run import METRICS, train
+
+    cfg = resolve_config(_train_settings(args), where="train")
+    out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet)
+    test = json.loads((out / METRICS).read_text())["test"]
+    print(f"results in {out}  (test auc {test['auc']}, acc {test['acc']:.4f}; metrics.json, predictions/, "
+          f"history.csv, model.safetensors)")
+
+
+def _cmd_evaluate(args) -> None:
+    from medbench.run import evaluate
+
+    metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    for split, rec in metrics.items():
+        auc = "n/a" if rec["auc"] is None else f"{rec['auc']:.4f}"
+        print(f"{split:<6} acc {rec['acc']:.4f}  auc {auc}  loss {rec['loss']:.4f}  n {rec['n']}")
+    print(f"updated {args.run_dir / 'metrics.json'}")
+
+
+COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from medbench.errors import MedbenchError
+
+    try:
+        COMMANDS[args.command](args)
+    except MedbenchError as e:
+        if args.debug:
+            raise
+        print(f"medbench: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("medbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"medbench: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Training and inference loops: device, precision, optimiser and schedule, one epoch, predictions."""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from medbench.config import RunConfig
+from medbench.data.dataset import Split
+from medbench.data.loader import Preprocess, iterate_batches
+from medbench.errors import MedbenchError
+from medbench.tasks import Task
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = torch.cuda.is_available()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MedbenchError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+class Precision:
+    """Autocast dtype and gradient scaler for a device and a ``precision`` setting."""
+
+    def __init__(self, device: torch.device, precision: str):
+        if precision == "auto":
+            if device.type == "cuda":
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                precision = "fp32"
+        if precision == "fp16" and device.type != "cuda":
+            raise MedbenchError("fp16 needs CUDA; on the CPU use --precision bf16 or fp32")
+        self.name = precision
+        self.device_type = device.type
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+
+
+def build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """A schedule stepped once per batch; multistep milestones fall on epoch boundaries, as in the benchmark."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "multistep":
+        milestones = sorted({int(f * cfg.epochs) * steps_per_epoch for f in cfg.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    return full + (rest >= 2)  # iterate_batches skips a trailing single sample when shuffling
+
+
+def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep: Preprocess,
+                    precision: Precision, batch_size: int, generator: torch.Generator, bar=None) -> dict:
+    """One pass over ``split``; returns the mean loss and the (augmented, train-mode) scores and labels."""
+    model.train()
+    total = torch.zeros((), device=split.images.device)
+    seen = 0
+    scores, labels = [], []
+    start = time.perf_counter()
+    for x, y in iterate_batches(split, batch_size, shuffle=True, generator=generator):
+        with precision.autocast():
+            logits = model(prep(x))
+        loss = task.loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        if precision.scaler is not None:
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(opt)
+            precision.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        sched.step()
+        total += loss.detach() * len(y)  # stays on the device: no sync per step
+        seen += len(y)
+        scores.append(task.scores(logits.detach()))
+        labels.append(y)
+        if bar is not None:
+            bar.advance(1)
+    seconds = time.perf_counter() - start
+    return {"loss": (total / max(seen, 1)).item(), "scores": torch.cat(scores).cpu().double().numpy(),
+            "labels": torch.cat(labels).cpu().numpy(), "seconds": seconds, "images_per_s": seen / seconds}
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, split: Split, prep: Preprocess, precision: Precision,
+                   batch_size: int, bar=None) -> torch.Tensor:
+    """Logits (float32, CPU) for every image of ``split``, in order."""
+    model.eval()
+    out = []
+    for x, _ in iterate_batches(split, batch_size):
+        with precision.autocast():
+            out.append(model(prep(x)).float())
+        if bar is not None:
+            bar.advance(1)
+    return torch.cat(out).cpu()

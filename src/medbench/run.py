@@ -1,0 +1,230 @@
+"""A training run and its directory: config.yaml, model.safetensors, history.csv, metrics.json, predictions/, tb/."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from medbench.config import PROVENANCE_KEY, RunConfig, dump_config, load_config, resolve_config
+from medbench.data import SPLITS, ImageDataset, load_dataset
+from medbench.data.loader import Preprocess
+from medbench.engine import (Precision, build_optimizer, build_scheduler, predict_logits, resolve_device,
+                             seed_everything, steps_per_epoch, train_one_epoch)
+from medbench.errors import MedbenchError
+from medbench.fileio import atomic_path, write_json, write_text
+from medbench.metrics import compute_metrics
+from medbench.models import create_model
+from medbench.progress import console, progress_bar
+from medbench.tasks import Task, make_task
+
+CONFIG, WEIGHTS, METRICS, HISTORY = "config.yaml", "model.safetensors", "metrics.json", "history.csv"
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    from medbench import __version__
+
+    return {"medbench": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version()}
+
+
+def build_task(cfg: RunConfig, ds: ImageDataset) -> Task:
+    return make_task(ds.task, ds.num_classes, ordinal_loss=cfg.ordinal_loss, label_smoothing=cfg.label_smoothing)
+
+
+def build_model(cfg: RunConfig, ds: ImageDataset, task: Task) -> torch.nn.Module:
+    kwargs = {} if cfg.stem == "auto" else {"stem": cfg.stem}
+    in_chans = 3 if cfg.as_rgb else ds.in_chans
+    try:
+        return create_model(cfg.model, num_classes=task.num_outputs, in_chans=in_chans, img_size=cfg.size, **kwargs)
+    except TypeError as e:
+        raise MedbenchError(f"model '{cfg.model}' does not take {sorted(kwargs)}: {e}") from None
+
+
+def _dataset(cfg: RunConfig, dataset: ImageDataset | None, data_dir, quiet: bool) -> ImageDataset:
+    if dataset is not None:
+        return dataset
+    return load_dataset(cfg.dataset, cfg.size, data_dir=data_dir, progress=not quiet)
+
+
+def _on_device(ds: ImageDataset, device: torch.device) -> dict:
+    return {s: type(sp)(sp.images.to(device), sp.labels.to(device)) for s, sp in ds.splits.items()}
+
+
+def _metric_record(task: Task, ds_split_labels: torch.Tensor, logits: torch.Tensor) -> tuple[dict, np.ndarray]:
+    scores = task.scores(logits).double().numpy()
+    labels = ds_split_labels.cpu()
+    rec = compute_metrics(labels.numpy(), scores, task.name)
+    rec["loss"] = float(task.loss(logits, labels, smoothing=0.0))
+    return rec, scores
+
+
+def _select_value(rec: dict, metric: str) -> float:
+    v = rec.get(metric)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return -math.inf
+    return -v if metric == "loss" else v
+
+
+def write_predictions(path: Path, scores: np.ndarray) -> None:
+    """MedMNIST standard evaluation format: no header; index, then one score per class (exact float64)."""
+    buf = io.StringIO()
+    table = np.column_stack([np.arange(len(scores)), scores])
+    np.savetxt(buf, table, delimiter=",", fmt=["%d"] + ["%.17g"] * scores.shape[1])
+    write_text(path, buf.getvalue())
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None, quiet: bool = False,
+          dataset: ImageDataset | None = None) -> Path:
+    """Train one run into ``out`` and evaluate its best epoch on every split. Returns the run directory.
+
+    ``dataset`` lets library users pass an :class:`ImageDataset` they built; otherwise ``config.dataset``
+    is loaded from the data root.
+    """
+    cfg = config if isinstance(config, RunConfig) else resolve_config(dict(config))
+    out = Path(out)
+    if (out / CONFIG).exists():
+        raise MedbenchError(f"{out} already holds a run ({CONFIG} exists); choose another --out or delete it")
+    seed_everything(cfg.seed, cfg.deterministic)
+    ds = _dataset(cfg, dataset, data_dir, quiet)
+    device = resolve_device(cfg.device)
+    precision = Precision(device, cfg.precision)
+    task = build_task(cfg, ds)
+    model = build_model(cfg, ds, task).to(device)
+    prep = Preprocess(cfg.norm_mean, cfg.norm_std, to_rgb=cfg.as_rgb)
+    splits = _on_device(ds, device)
+    train_split, val_split = splits["train"], splits["val"]
+    spe = steps_per_epoch(len(train_split), cfg.batch_size)
+    opt = build_optimizer(cfg, model)
+    sched = build_scheduler(cfg, opt, spe)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": str(device),
+                  "precision": precision.name, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_text(out / CONFIG, dump_config(cfg, provenance))
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(out / "tb"))
+    history: list[dict] = []
+    best, best_epoch = -math.inf, 0
+    t0 = time.perf_counter()
+    try:
+        with progress_bar(f"{cfg.model} on {ds.name}", total=cfg.epochs * spe, enabled=not quiet) as bar:
+            for epoch in range(1, cfg.epochs + 1):
+                lr = opt.param_groups[0]["lr"]
+                tr = train_one_epoch(model, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen, bar)
+                if not math.isfinite(tr["loss"]):
+                    raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}; lower --lr or check "
+                                        f"the data. Last good weights are in {out / WEIGHTS}")
+                val_logits = predict_logits(model, val_split, prep, precision, cfg.eval_batch_size)
+                val, _ = _metric_record(task, val_split.labels, val_logits)
+                train_m = compute_metrics(tr["labels"], tr["scores"], task.name)
+                row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": train_m["acc"],
+                       "train_auc": train_m["auc"], "val_loss": val["loss"], "val_acc": val["acc"],
+                       "val_auc": val["auc"], "seconds": round(tr["seconds"], 3),
+                       "images_per_s": round(tr["images_per_s"], 1)}
+                history.append(row)
+                for k, v in row.items():
+                    if k != "epoch" and v is not None:
+                        tb.add_scalar(k.replace("_", "/", 1), v, epoch)
+                score = _select_value(val, cfg.select_metric)
+                if score > best or best_epoch == 0:
+                    best, best_epoch = score, epoch
+                    with atomic_path(out / WEIGHTS) as tmp:
+                        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                                  str(tmp), metadata={"model": cfg.model, "epoch": str(epoch)})
+                _write_history(out / HISTORY, history)
+                bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
+                if not quiet:
+                    console.print(f"epoch {epoch}/{cfg.epochs}  loss {tr['loss']:.4f}  val auc {_fmt(val['auc'])}"
+                                  f"  acc {_fmt(val['acc'])}  {tr['images_per_s']:.0f} img/s"
+                                  + ("  *" if best_epoch == epoch else ""))
+    finally:
+        tb.close()
+    metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
+    if not quiet:
+        console.print(f"best epoch {best_epoch} by val {cfg.select_metric}; "
+                      f"test auc {_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}; "
+                      f"{time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: Task, device) -> torch.nn.Module:
+    path = Path(run_dir) / WEIGHTS
+    if not path.is_file():
+        raise MedbenchError(f"{path} not found: the run has no saved weights (did training finish an epoch?)")
+    model = build_model(cfg, ds, task)
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise MedbenchError(f"{path}: cannot read weights ({e}); the file is damaged, retrain the run") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MedbenchError(f"{path}: weights do not fit model '{cfg.model}' (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})")
+    return model.to(device)
+
+
+def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
+             dataset: ImageDataset | None = None, model: torch.nn.Module | None = None, _tb_best=None) -> dict:
+    """Reload a run's best weights, recompute metrics and predictions for ``splits`` and update metrics.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise MedbenchError(f"{run_dir} is not a run directory ({CONFIG} missing)")
+    cfg = load_config(run_dir / CONFIG)
+    splits = list(splits or SPLITS)
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise MedbenchError(f"unknown split {bad[0]!r}; valid: {', '.join(SPLITS)}")
+    ds = _dataset(cfg, dataset, data_dir, quiet)
+    recorded = _recorded_md5(run_dir)
+    if recorded and ds.md5 and recorded != ds.md5:
+        raise MedbenchError(f"{ds.source} has md5 {ds.md5} but the run was trained on data with md5 {recorded}")
+    device = resolve_device(cfg.device)
+    precision = Precision(device, cfg.precision)
+    task = build_task(cfg, ds)
+    model = load_run_model(run_dir, cfg, ds, task, device)  # always the saved best weights
+    prep = Preprocess(cfg.norm_mean, cfg.norm_std, to_rgb=cfg.as_rgb)
+    path = run_dir / METRICS
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    for s in splits:
+        sp = ds[s]
+        sp = type(sp)(sp.images.to(device), sp.labels.to(device))
+        logits = predict_logits(model, sp, prep, precision, cfg.eval_batch_size)
+        rec, scores = _metric_record(task, sp.labels, logits)
+        write_predictions(run_dir / "predictions" / f"{s}.csv", scores)
+        metrics[s] = rec
+    metrics = {s: metrics[s] for s in SPLITS if s in metrics}
+    write_json(path, metrics)
+    return metrics
+
+
+def _recorded_md5(run_dir: Path) -> str | None:
+    import yaml
+
+    data = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8")) or {}
+    return (data.get(PROVENANCE_KEY) or {}).get("data_md5")

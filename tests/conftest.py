@@ -1,0 +1,54 @@
+"""Shared fixtures. Real data comes from ``$MEDBENCH_TEST_DATA`` (default: ../shared/data beside the repo).
+
+A missing data folder is an error, not a skip: CI must never pass by testing nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(os.environ.get("MEDBENCH_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (TEST_DATA / "medmnist" / "breastmnist.npz").is_file():
+        pytest.fail(f"test data not found under {TEST_DATA}: set MEDBENCH_TEST_DATA to the shared/data folder")
+    return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def medmnist_dir(shared_data) -> Path:
+    return shared_data / "medmnist"
+
+
+@pytest.fixture(autouse=True)
+def _data_env(monkeypatch, medmnist_dir):
+    """Every test sees the real MedMNIST files as its data root, and never the network."""
+    monkeypatch.setenv("MEDBENCH_DATA", str(medmnist_dir))
+    monkeypatch.setenv("MEDBENCH_MIRROR", "http://127.0.0.1:9/")  # discard port: a download fails at once
+
+
+def make_npz(path: Path, *, n=(60, 20, 30), size=28, channels=1, num_classes=4, multilabel=False, seed=0):
+    """Write a MedMNIST-layout npz whose images encode their labels (so a model can learn them)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        if multilabel:  # label i lights up horizontal band i
+            labels = (rng.random((count, num_classes)) < 0.4).astype(np.uint8)
+            labels[:2] = [[0] * num_classes, [1] * num_classes]  # every label has both values
+            band = np.repeat(np.arange(size) * num_classes // size, size).reshape(size, size)
+            level = labels[:, band] * 160.0 + 40
+        else:  # mean brightness encodes the class
+            labels = rng.permutation(np.arange(count) % num_classes)[:, None].astype(np.uint8)  # every class present
+            level = (labels[:, 0] * (200 // max(num_classes - 1, 1)) + 20)[:, None, None]
+        img = rng.normal(level, 25, (count, size, size)).clip(0, 255).astype(np.uint8)
+        if channels == 3:
+            img = np.repeat(img[..., None], 3, axis=-1)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = img, labels
+    np.savez_compressed(path, **arrays)
+    return path

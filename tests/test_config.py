@@ -1,0 +1,74 @@
+import pytest
+
+from medbench.config import RECIPES, RunConfig, dump_config, load_config, read_config_file, resolve_config
+from medbench.errors import MedbenchError
+
+
+def test_recipes():
+    default = resolve_config({"dataset": "breastmnist"})
+    assert default == resolve_config({"dataset": "breastmnist", "recipe": "default"}).model_copy(
+        update={"recipe": None})
+    assert (default.batch_size, default.schedule) == (32, "cosine")
+    recipe = resolve_config({"dataset": "breastmnist", "recipe": "medmnist-v2"})
+    assert (recipe.optimizer, recipe.lr, recipe.batch_size, recipe.epochs) == ("adam", 1e-3, 128, 100)
+    assert (recipe.milestones, recipe.gamma, recipe.norm_mean, recipe.norm_std) == ([0.5, 0.75], 0.1, 0.5, 0.5)
+    assert recipe.select_metric == "auc"
+
+
+def test_explicit_settings_win_over_the_recipe():
+    cfg = resolve_config({"dataset": "breastmnist", "recipe": "medmnist-v2", "epochs": 3, "lr": 0.01})
+    assert cfg.epochs == 3 and cfg.lr == 0.01 and cfg.batch_size == RECIPES["medmnist-v2"]["batch_size"]
+
+
+def test_unknown_key_is_rejected_by_name():
+    with pytest.raises(MedbenchError, match=r"unknown key 'epoch' \(valid keys: dataset, size"):
+        resolve_config({"dataset": "breastmnist", "epoch": 3})
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
+    ({"optimizer": "lamb"}, "optimizer: Input should be 'adam', 'adamw' or 'sgd'"),
+    ({"device": "tpu"}, "device: String should match pattern"),
+    ({"recipe": "fast"}, "unknown recipe 'fast'; valid: default, medmnist-v2"),
+])
+def test_bad_values_are_clear(bad, fragment):
+    with pytest.raises(MedbenchError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        resolve_config({"dataset": "breastmnist", **bad})
+
+
+def test_missing_dataset():
+    with pytest.raises(MedbenchError, match="'dataset' is required"):
+        resolve_config({})
+
+
+def test_yaml_round_trip_ignores_provenance(tmp_path):
+    cfg = resolve_config({"dataset": "retinamnist", "ordinal_loss": "corn", "milestones": [0.3], "seed": 7})
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg, {"torch": "x", "data_md5": "abc"}))
+    assert "provenance:" in path.read_text()
+    assert load_config(path) == cfg
+    assert "provenance" not in read_config_file(path)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: [unclosed\n")
+    with pytest.raises(MedbenchError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(MedbenchError, match="list.yaml: expected a mapping"):
+        load_config(listy)
+    with pytest.raises(MedbenchError, match="nope.yaml not found"):
+        load_config(tmp_path / "nope.yaml")
+    # YAML is read with the safe loader: python tags are refused, not executed
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("dataset: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(MedbenchError, match="not valid YAML"):
+        load_config(evil)
+
+
+def test_config_is_validated_on_assignment():
+    cfg = RunConfig(dataset="breastmnist")
+    with pytest.raises(Exception):
+        cfg.epochs = -1

@@ -1,0 +1,140 @@
+"""End-to-end runs on real MedMNIST files (and generated data for the tasks not available here)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from medmnist.evaluator import Evaluator, getACC, getAUC
+
+import medbench
+from medbench.cli import main
+from medbench.config import load_config
+from medbench.data import read_npz
+from medbench.errors import MedbenchError
+from medbench.run import evaluate, train
+
+from conftest import make_npz
+
+MEDMNIST_TASK = {"binary": "binary-class", "multiclass": "multi-class", "multilabel": "multi-label, binary-class",
+                 "ordinal": "ordinal-regression"}
+
+
+def _read_predictions(path):
+    # exactly how medmnist's Evaluator.parse_and_evaluate reads a standard evaluation file
+    return pd.read_csv(path, index_col=0, header=None).sort_index().values
+
+
+@pytest.fixture(scope="module")
+def breast_run(tmp_path_factory, medmnist_dir):
+    out = tmp_path_factory.mktemp("runs") / "breast"
+    assert main(["train", "--dataset", "breastmnist", "--model", "resnet18", "--epochs", "2", "--out", str(out),
+                 "--data-dir", str(medmnist_dir), "--quiet"]) == 0
+    return out
+
+
+def test_run_directory_holds_every_file(breast_run):
+    names = {p.name for p in breast_run.iterdir()}
+    assert {"config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions", "tb"} <= names
+    assert {p.name for p in (breast_run / "predictions").iterdir()} == {"train.csv", "val.csv", "test.csv"}
+    assert list((breast_run / "tb").glob("events.out.tfevents.*"))
+    assert not list(breast_run.rglob("*.tmp"))  # atomic writes leave nothing behind
+    history = pd.read_csv(breast_run / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"lr", "train_loss", "val_loss", "val_acc", "val_auc", "seconds", "images_per_s"} <= set(history.columns)
+    metrics = json.loads((breast_run / "metrics.json").read_text())
+    assert list(metrics) == ["train", "val", "test"]
+    for split, n in [("train", 546), ("val", 78), ("test", 156)]:
+        assert {"acc", "auc", "loss"} <= set(metrics[split]) and metrics[split]["n"] == n
+        assert 0 <= metrics[split]["acc"] <= 1 and 0 <= metrics[split]["auc"] <= 1 and metrics[split]["loss"] > 0
+    cfg = (breast_run / "config.yaml").read_text()
+    assert "data_md5: 750601b1f35ba3300ea97c75c52ff8f6" in cfg and "torch:" in cfg
+
+
+def test_predictions_are_medmnist_standard_and_agree_with_the_official_evaluator(breast_run, medmnist_dir):
+    metrics = json.loads((breast_run / "metrics.json").read_text())
+    for split, n in [("train", 546), ("val", 78), ("test", 156)]:
+        lines = (breast_run / "predictions" / f"{split}.csv").read_text().splitlines()
+        assert len(lines) == n and lines[0].startswith("0,") and len(lines[0].split(",")) == 3  # no header
+        scores = _read_predictions(breast_run / "predictions" / f"{split}.csv")
+        assert np.allclose(scores.sum(1), 1)
+        official = Evaluator("breastmnist", split, root=str(medmnist_dir)).evaluate(scores)
+        assert official.AUC == pytest.approx(metrics[split]["auc"], abs=1e-12)
+        assert official.ACC == pytest.approx(metrics[split]["acc"], abs=1e-12)
+
+
+def test_evaluate_reproduces_metrics_json(breast_run, capsys):
+    before = json.loads((breast_run / "metrics.json").read_text())
+    preds_before = (breast_run / "predictions" / "test.csv").read_text()
+    assert main(["evaluate", str(breast_run), "--quiet", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    after = json.loads((breast_run / "metrics.json").read_text())
+    assert printed == after
+    for split in before:
+        for key in ("acc", "auc", "loss"):
+            assert after[split][key] == pytest.approx(before[split][key], abs=1e-6)
+    np.testing.assert_allclose(np.loadtxt(breast_run / "predictions" / "test.csv", delimiter=","),
+                               np.loadtxt(preds_before.splitlines(), delimiter=","), atol=1e-6)
+    # one split only: the others are kept
+    assert main(["evaluate", str(breast_run), "--split", "val", "--quiet"]) == 0
+    assert set(json.loads((breast_run / "metrics.json").read_text())) == {"train", "val", "test"}
+
+
+def test_saved_config_reproduces_the_run_settings(breast_run, tmp_path):
+    cfg = load_config(breast_run / "config.yaml")
+    assert (cfg.dataset, cfg.model, cfg.epochs, cfg.seed) == ("breastmnist", "resnet18", 2, 0)
+    # --config reloads it; flags override single fields
+    out = tmp_path / "again"
+    with pytest.raises(MedbenchError, match="already holds a run"):
+        train(cfg, breast_run, quiet=True)
+    assert main(["train", "--config", str(breast_run / "config.yaml"), "--epochs", "1", "--set", "batch_size=200",
+                 "--out", str(out), "--quiet"]) == 0
+    again = load_config(out / "config.yaml")
+    assert again.model_dump() == cfg.model_copy(update={"epochs": 1, "batch_size": 200}).model_dump()
+
+
+def test_ordinal_rgb_retinamnist_with_corn(tmp_path):
+    out = train({"dataset": "retinamnist", "epochs": 1, "ordinal_loss": "corn", "batch_size": 64}, tmp_path / "r",
+                quiet=True)
+    scores = _read_predictions(out / "predictions" / "test.csv")
+    assert scores.shape == (400, 5) and (scores >= 0).all() and np.allclose(scores.sum(1), 1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels = np.load(medbench.load_dataset("retinamnist").source)["test_labels"]
+    assert metrics["test"]["auc"] == pytest.approx(getAUC(labels, scores, "ordinal-regression"), abs=1e-12)
+    assert metrics["test"]["acc"] == pytest.approx(getACC(labels, scores, "ordinal-regression"), abs=1e-12)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("dermamnist", dict(channels=3, num_classes=7)),  # multi-class, RGB
+    ("chestmnist", dict(channels=1, num_classes=14, multilabel=True)),  # multi-label, grey
+    ("retinamnist", dict(channels=3, num_classes=5)),  # ordinal, plain cross-entropy
+])
+def test_generated_tasks_train_and_match_the_official_metrics(tmp_path, name, kwargs):
+    ds = read_npz(make_npz(tmp_path / f"{name}.npz", **kwargs), name)
+    out = train({"dataset": name, "epochs": 2, "batch_size": 32, "lr": 3e-3}, tmp_path / "run", dataset=ds,
+                quiet=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    y = ds["test"].labels.numpy()
+    scores = _read_predictions(out / "predictions" / "test.csv")
+    assert scores.shape == (30, kwargs["num_classes"])
+    assert metrics["test"]["auc"] == pytest.approx(getAUC(y, scores, MEDMNIST_TASK[ds.task]), abs=1e-12)
+    assert metrics["test"]["acc"] == pytest.approx(getACC(y, scores, MEDMNIST_TASK[ds.task]), abs=1e-12)
+    assert metrics["test"]["auc"] > 0.6  # brightness encodes the label: two epochs learn some of it
+    again = evaluate(out, dataset=ds, quiet=True)
+    assert again["test"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)
+
+
+def test_evaluate_refuses_other_data(tmp_path, breast_run):
+    with pytest.raises(MedbenchError, match="is not a run directory"):
+        evaluate(tmp_path)
+    other = read_npz(make_npz(tmp_path / "breastmnist.npz", num_classes=2), "breastmnist")
+    other.md5 = "0" * 32
+    with pytest.raises(MedbenchError, match="trained on data with md5 750601b1"):
+        evaluate(breast_run, dataset=other)
+
+
+@pytest.mark.slow
+def test_acceptance_breastmnist_three_epochs(tmp_path):
+    """The issue's acceptance run: ResNet-18, 3 epochs, default settings, test AUC above 0.70."""
+    assert main(["train", "--dataset", "breastmnist", "--model", "resnet18", "--epochs", "3",
+                 "--out", str(tmp_path / "R"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "R" / "metrics.json").read_text())["test"]["auc"] > 0.70

@@ -1,0 +1,73 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medbench.errors import MedbenchError
+from medbench.tasks import CornTask, MultiLabelTask, Task, make_task
+
+
+def test_make_task_kinds_and_output_sizes():
+    assert type(make_task("binary", 2)) is Task and make_task("binary", 2).num_outputs == 2
+    assert type(make_task("multiclass", 9)) is Task and make_task("multiclass", 9).num_outputs == 9
+    assert isinstance(make_task("multilabel", 14), MultiLabelTask) and make_task("multilabel", 14).num_outputs == 14
+    assert type(make_task("ordinal", 5)) is Task  # plain cross-entropy, as the MedMNIST benchmark
+    corn = make_task("ordinal", 5, ordinal_loss="corn")
+    assert isinstance(corn, CornTask) and corn.num_outputs == 4
+    with pytest.raises(MedbenchError, match="valid: ce, corn"):
+        make_task("ordinal", 5, ordinal_loss="coral")
+    with pytest.raises(MedbenchError, match="unknown task"):
+        make_task("regression", 1)
+
+
+def test_cross_entropy_task_matches_torch():
+    logits = torch.randn(8, 3)
+    y = torch.randint(0, 3, (8, 1))
+    t = make_task("multiclass", 3, label_smoothing=0.1)
+    assert torch.allclose(t.loss(logits, y), F.cross_entropy(logits, y[:, 0], label_smoothing=0.1))
+    assert torch.allclose(t.loss(logits, y, smoothing=0.0), F.cross_entropy(logits, y[:, 0]))
+    assert torch.allclose(t.scores(logits).sum(1), torch.ones(8))
+
+
+def test_multilabel_sigmoid_bce_and_threshold():
+    logits = torch.tensor([[2.0, -1.0, 0.0]])
+    y = torch.tensor([[1, 0, 1]])
+    t = make_task("multilabel", 3)
+    assert torch.allclose(t.loss(logits, y), F.binary_cross_entropy_with_logits(logits, y.float()))
+    assert t.predict(t.scores(logits)).tolist() == [[1, 0, 0]]  # sigmoid(0) = 0.5 is not > 0.5
+
+
+def test_corn_probabilities_are_valid_and_rank_consistent():
+    t = make_task("ordinal", 5, ordinal_loss="corn")
+    logits = torch.randn(1000, 4) * 3
+    p = t.scores(logits)
+    assert p.shape == (1000, 5)
+    assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(1000), atol=1e-6)
+    # P(y > k) = sum of class probabilities above k, and it falls with k
+    above = p.flip(1).cumsum(1).flip(1)[:, 1:]
+    assert (above[:, 1:] <= above[:, :-1] + 1e-6).all()
+
+
+def test_corn_loss_uses_only_conditional_subsets():
+    t = make_task("ordinal", 3, ordinal_loss="corn")
+    logits = torch.tensor([[0.3, -0.7]])
+    # y = 0: only task 0 ("y > 0") sees the sample, with target 0
+    assert torch.allclose(t.loss(logits, torch.tensor([[0]])),
+                          F.binary_cross_entropy_with_logits(logits[:, :1], torch.zeros(1, 1)))
+    # y = 2: both tasks see it, targets 1 and 1
+    assert torch.allclose(t.loss(logits, torch.tensor([[2]])),
+                          F.binary_cross_entropy_with_logits(logits, torch.ones(1, 2)))
+
+
+def test_corn_learns_an_ordinal_problem():
+    torch.manual_seed(0)
+    x = torch.rand(512, 1) * 5
+    y = x.long().clamp(max=4)
+    t = make_task("ordinal", 5, ordinal_loss="corn")
+    model = torch.nn.Linear(1, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        t.loss(model(x), y).backward()
+        opt.step()
+    pred = t.predict(t.scores(model(x)))
+    assert (pred == y[:, 0]).float().mean() > 0.9
