@@ -138,3 +138,16 @@ def test_acceptance_breastmnist_three_epochs(tmp_path):
     assert main(["train", "--dataset", "breastmnist", "--model", "resnet18", "--epochs", "3",
                  "--out", str(tmp_path / "R"), "--quiet"]) == 0
     assert json.loads((tmp_path / "R" / "metrics.json").read_text())["test"]["auc"] > 0.70
+
+
+def test_deterministic_runs_repeat_exactly_and_seeds_differ(tmp_path):
+    from safetensors.torch import load_file
+
+    ds = read_npz(make_npz(tmp_path / "dermamnist.npz", channels=3, num_classes=7), "dermamnist")
+    settings = {"dataset": "dermamnist", "epochs": 2, "batch_size": 16, "deterministic": True}
+    runs = [train({**settings, "seed": seed}, tmp_path / f"run{i}", dataset=ds, quiet=True)
+            for i, seed in enumerate([3, 3, 4])]
+    a, b, c = (json.loads((r / "metrics.json").read_text()) for r in runs)
+    assert a == b and a != c
+    wa, wb = (load_file(str(r / "model.safetensors")) for r in runs[:2])
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)

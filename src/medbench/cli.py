@@ -140,8 +140,9 @@ def _cmd_train(args) -> None:
     cfg = resolve_config(_train_settings(args), where="train")
     out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet)
     test = json.loads((out / METRICS).read_text())["test"]
-    print(f"results in {out}  (test auc {test['auc']}, acc {test['acc']:.4f}; metrics.json, predictions/, "
-          f"history.csv, model.safetensors)")
+    auc = "n/a" if test["auc"] is None else f"{test['auc']:.4f}"
+    print(f"results in {out}: test auc {auc}, acc {test['acc']:.4f} "
+          f"(metrics.json, predictions/, history.csv, model.safetensors, tb/)")
 
 
 def _cmd_evaluate(args) -> None:

@@ -48,7 +48,10 @@ class RunConfig(BaseModel):
     deterministic: bool = False
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16/fp16 autocast on CUDA, fp32 on CPU")
+        "auto", description="auto: bf16 autocast on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, "
+                            "else fp32")
+    channels_last: bool = Field(True, description="NHWC memory layout for convolutions (faster on CPU and GPU)")
+    compile: bool = Field(False, description="torch.compile the model (slow first epoch, faster after)")
 
 
 RECIPES: dict[str, dict[str, Any]] = {

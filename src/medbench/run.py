@@ -113,8 +113,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     device = resolve_device(cfg.device)
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
-    model = build_model(cfg, ds, task).to(device)
-    prep = Preprocess(cfg.norm_mean, cfg.norm_std, to_rgb=cfg.as_rgb)
+    model = _place(build_model(cfg, ds, task), cfg, device)
+    net = torch.compile(model) if cfg.compile else model  # same parameters; state_dict keys from ``model``
+    prep = _preprocess(cfg)
     splits = _on_device(ds, device)
     train_split, val_split = splits["train"], splits["val"]
     spe = steps_per_epoch(len(train_split), cfg.batch_size)
@@ -136,11 +137,11 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         with progress_bar(f"{cfg.model} on {ds.name}", total=cfg.epochs * spe, enabled=not quiet) as bar:
             for epoch in range(1, cfg.epochs + 1):
                 lr = opt.param_groups[0]["lr"]
-                tr = train_one_epoch(model, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen, bar)
+                tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen, bar)
                 if not math.isfinite(tr["loss"]):
                     raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}; lower --lr or check "
                                         f"the data. Last good weights are in {out / WEIGHTS}")
-                val_logits = predict_logits(model, val_split, prep, precision, cfg.eval_batch_size)
+                val_logits = predict_logits(net, val_split, prep, precision, cfg.eval_batch_size)
                 val, _ = _metric_record(task, val_split.labels, val_logits)
                 train_m = compute_metrics(tr["labels"], tr["scores"], task.name)
                 row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": train_m["acc"],
@@ -186,7 +187,15 @@ def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: 
     if missing or unexpected:
         raise MedbenchError(f"{path}: weights do not fit model '{cfg.model}' (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]})")
-    return model.to(device)
+    return _place(model, cfg, device)
+
+
+def _place(model: torch.nn.Module, cfg: RunConfig, device) -> torch.nn.Module:
+    return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+
+
+def _preprocess(cfg: RunConfig) -> Preprocess:
+    return Preprocess(cfg.norm_mean, cfg.norm_std, to_rgb=cfg.as_rgb, channels_last=cfg.channels_last)
 
 
 def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
@@ -208,7 +217,7 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
     model = load_run_model(run_dir, cfg, ds, task, device)  # always the saved best weights
-    prep = Preprocess(cfg.norm_mean, cfg.norm_std, to_rgb=cfg.as_rgb)
+    prep = _preprocess(cfg)
     path = run_dir / METRICS
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     for s in splits:

@@ -35,12 +35,14 @@ def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
 class Preprocess:
     """uint8 batch -> float, normalised as ``(x/255 - mean) / std``, grey repeated to RGB when asked."""
 
-    def __init__(self, mean: float = 0.5, std: float = 0.5, to_rgb: bool = False):
-        self.mean, self.std, self.to_rgb = mean, std, to_rgb
+    def __init__(self, mean: float = 0.5, std: float = 0.5, to_rgb: bool = False, channels_last: bool = False):
+        self.mean, self.std, self.to_rgb, self.channels_last = mean, std, to_rgb, channels_last
         self._scale, self._shift = 1.0 / (255.0 * std), mean / std  # one fused multiply-subtract
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().mul_(self._scale).sub_(self._shift)
         if self.to_rgb and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return x
