@@ -49,3 +49,38 @@ def test_undefined_auc_is_none_with_warning():
 def test_mismatched_rows_raise():
     with pytest.raises(ValueError, match="3 labels but 2 score rows"):
         acc(np.zeros((3, 1)), np.zeros((2, 2)), "binary")
+
+
+def test_rank_auc_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from medbench.metrics import rank_auc
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((500, 6)) < 0.3).astype(int)
+    s = np.round(rng.random((500, 6)) + 0.4 * y, 1)  # one decimal: many ties
+    got = rank_auc(y, s)
+    for j in range(6):
+        assert got[j] == pytest.approx(roc_auc_score(y[:, j], s[:, j]), abs=1e-12)
+    assert np.isnan(rank_auc(np.zeros((5, 1)), rng.random((5, 1))))[0]
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel", "ordinal"])
+def test_vectorised_bootstrap_equals_a_loop_over_the_same_resamples(task):
+    import torch
+
+    from medbench.metrics import bootstrap
+
+    rng = np.random.default_rng(5)
+    y, s = _generated(task, 300, 5 if task == "ordinal" else 4, rng)
+    s = np.round(s, 2)
+    reps, seed = 200, 11
+    ci = bootstrap(y, s, task, replicates=reps, seed=seed)
+    # the same resamples, drawn as documented, scored one by one with the reference metrics
+    idx = torch.randint(0, len(y), (reps, len(y)), generator=torch.Generator().manual_seed(seed)).numpy()
+    aucs = [getAUC(y[i], s[i], MEDMNIST_TASK[task]) for i in idx]
+    accs = [getACC(y[i], s[i], MEDMNIST_TASK[task]) for i in idx]
+    assert ci["auc_ci"] == pytest.approx(list(np.percentile(aucs, [2.5, 97.5])), abs=1e-12)
+    assert ci["acc_ci"] == pytest.approx(list(np.percentile(accs, [2.5, 97.5])), abs=1e-12)
+    point = auc(y, s, task)
+    assert ci["auc_ci"][0] < point < ci["auc_ci"][1]

@@ -151,3 +151,15 @@ def test_deterministic_runs_repeat_exactly_and_seeds_differ(tmp_path):
     assert a == b and a != c
     wa, wb = (load_file(str(r / "model.safetensors")) for r in runs[:2])
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
+@pytest.mark.slow
+def test_pneumoniamnist_run_agrees_with_the_official_evaluator(tmp_path, medmnist_dir):
+    out = train({"dataset": "pneumoniamnist", "epochs": 1, "batch_size": 128}, tmp_path / "p", quiet=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("train", "val", "test"):
+        official = Evaluator("pneumoniamnist", split, root=str(medmnist_dir)).evaluate(
+            _read_predictions(out / "predictions" / f"{split}.csv"))
+        assert official.AUC == pytest.approx(metrics[split]["auc"], abs=1e-12)
+        assert official.ACC == pytest.approx(metrics[split]["acc"], abs=1e-12)
+    assert metrics["test"]["auc"] > 0.85

@@ -122,7 +122,8 @@ def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True,
             try:
                 resp = urllib.request.urlopen(url, timeout=timeout)
             except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
+                reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else (
+                    getattr(e, "reason", None) or e)
                 raise MedbenchError(f"download of {url} failed ({reason}). {_by_hand(name, size, dest)}") from e
             with resp:
                 total = int(resp.headers.get("Content-Length") or 0) or None
