@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -139,6 +140,8 @@ def _cmd_train(args) -> None:
 
     cfg = resolve_config(_train_settings(args), where="train")
     out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # one summary line per run, from rank 0
     test = json.loads((out / METRICS).read_text())["test"]
     auc = "n/a" if test["auc"] is None else f"{test['auc']:.4f}"
     print(f"results in {out}: test auc {auc}, acc {test['acc']:.4f} "
@@ -149,6 +152,8 @@ def _cmd_evaluate(args) -> None:
     from medbench.run import evaluate
 
     metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
@@ -181,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medbench: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

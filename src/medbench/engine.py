@@ -13,6 +13,7 @@ import torch.nn as nn
 from medbench.config import RunConfig
 from medbench.data.dataset import Split
 from medbench.data.loader import Preprocess, iterate_batches
+from medbench.distributed import Dist
 from medbench.errors import MedbenchError
 from medbench.tasks import Task
 
@@ -97,20 +98,24 @@ def build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch:
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     full, rest = divmod(n, batch_size)
-    return full + (rest >= 2)  # iterate_batches skips a trailing single sample when shuffling
+    return full + (rest >= 2 * world)  # iterate_batches skips a too-small trailing batch when shuffling
 
 
 def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep: Preprocess,
-                    precision: Precision, batch_size: int, generator: torch.Generator, bar=None) -> dict:
-    """One pass over ``split``; returns the mean loss and the (augmented, train-mode) scores and labels."""
+                    precision: Precision, batch_size: int, generator: torch.Generator, bar=None,
+                    dist: Dist = Dist()) -> dict:
+    """One pass over ``split``; returns the mean loss and the (augmented, train-mode) scores and labels.
+
+    Under data parallelism each rank sees its share of every batch; loss and throughput cover all ranks,
+    scores and labels are this rank's.
+    """
     model.train()
-    total = torch.zeros((), device=split.images.device)
-    seen = 0
+    total = torch.zeros(2, device=split.images.device)  # loss sum, samples
     scores, labels = [], []
     start = time.perf_counter()
-    for x, y in iterate_batches(split, batch_size, shuffle=True, generator=generator):
+    for x, y in iterate_batches(split, batch_size, shuffle=True, generator=generator, shard=(dist.rank, dist.world)):
         with precision.autocast():
             logits = model(prep(x))
         loss = task.loss(logits, y)
@@ -123,26 +128,30 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
             loss.backward()
             opt.step()
         sched.step()
-        total += loss.detach() * len(y)  # stays on the device: no sync per step
-        seen += len(y)
+        total[0] += loss.detach() * len(y)  # stays on the device: no sync per step
+        total[1] += len(y)
         scores.append(task.scores(logits.detach()))
         labels.append(y)
         if bar is not None:
             bar.advance(1)
+    loss_sum, seen = dist.all_sum(total).tolist()
     seconds = time.perf_counter() - start
-    return {"loss": (total / max(seen, 1)).item(), "scores": torch.cat(scores).cpu().double().numpy(),
+    return {"loss": loss_sum / max(seen, 1), "scores": torch.cat(scores).cpu().double().numpy(),
             "labels": torch.cat(labels).cpu().numpy(), "seconds": seconds, "images_per_s": seen / seconds}
 
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: Split, prep: Preprocess, precision: Precision,
-                   batch_size: int, bar=None) -> torch.Tensor:
-    """Logits (float32, CPU) for every image of ``split``, in order."""
+                   batch_size: int, bar=None, dist: Dist = Dist()) -> torch.Tensor:
+    """Logits (float32, CPU) for every image of ``split``, in order; each rank predicts its block once."""
     model.eval()
+    mine = dist.block(len(split))
+    part = type(split)(split.images[mine], split.labels[mine])
     out = []
-    for x, _ in iterate_batches(split, batch_size):
+    for x, _ in iterate_batches(part, batch_size):
         with precision.autocast():
             out.append(model(prep(x)).float())
         if bar is not None:
             bar.advance(1)
-    return torch.cat(out).cpu()
+    logits = torch.cat(out) if out else torch.empty(0, device=split.images.device)
+    return dist.gather_rows(logits, len(split)).cpu()

@@ -20,6 +20,7 @@ from medbench.data import SPLITS, ImageDataset, load_dataset
 from medbench.data.loader import Preprocess
 from medbench.engine import (Precision, build_optimizer, build_scheduler, predict_logits, resolve_device,
                              seed_everything, steps_per_epoch, train_one_epoch)
+from medbench import distributed
 from medbench.errors import MedbenchError
 from medbench.fileio import atomic_path, write_json, write_text
 from medbench.metrics import compute_metrics
@@ -108,28 +109,32 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     out = Path(out)
     if (out / CONFIG).exists():
         raise MedbenchError(f"{out} already holds a run ({CONFIG} exists); choose another --out or delete it")
+    dist, device = distributed.setup(resolve_device(cfg.device))
+    dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
+    quiet = quiet or not dist.is_main
     seed_everything(cfg.seed, cfg.deterministic)
     ds = _dataset(cfg, dataset, data_dir, quiet)
-    device = resolve_device(cfg.device)
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
     model = _place(build_model(cfg, ds, task), cfg, device)
     net = torch.compile(model) if cfg.compile else model  # same parameters; state_dict keys from ``model``
+    if dist.active:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     prep = _preprocess(cfg)
     splits = _on_device(ds, device)
     train_split, val_split = splits["train"], splits["val"]
-    spe = steps_per_epoch(len(train_split), cfg.batch_size)
+    spe = steps_per_epoch(len(train_split), cfg.batch_size, dist.world)
     opt = build_optimizer(cfg, model)
     sched = build_scheduler(cfg, opt, spe)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the same batch order on every rank
 
-    out.mkdir(parents=True, exist_ok=True)
     provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": str(device),
-                  "precision": precision.name, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_text(out / CONFIG, dump_config(cfg, provenance))
-    from torch.utils.tensorboard import SummaryWriter
-
-    tb = SummaryWriter(str(out / "tb"))
+                  "precision": precision.name, "world_size": dist.world,
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / CONFIG, dump_config(cfg, provenance))
+    tb = _tensorboard(out / "tb", enabled=dist.is_main)
     history: list[dict] = []
     best, best_epoch = -math.inf, 0
     t0 = time.perf_counter()
@@ -137,11 +142,12 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         with progress_bar(f"{cfg.model} on {ds.name}", total=cfg.epochs * spe, enabled=not quiet) as bar:
             for epoch in range(1, cfg.epochs + 1):
                 lr = opt.param_groups[0]["lr"]
-                tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen, bar)
+                tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen, bar,
+                                     dist)
                 if not math.isfinite(tr["loss"]):
                     raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}; lower --lr or check "
                                         f"the data. Last good weights are in {out / WEIGHTS}")
-                val_logits = predict_logits(net, val_split, prep, precision, cfg.eval_batch_size)
+                val_logits = predict_logits(net, val_split, prep, precision, cfg.eval_batch_size, dist=dist)
                 val, _ = _metric_record(task, val_split.labels, val_logits)
                 train_m = compute_metrics(tr["labels"], tr["scores"], task.name)
                 row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": train_m["acc"],
@@ -153,12 +159,14 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                     if k != "epoch" and v is not None:
                         tb.add_scalar(k.replace("_", "/", 1), v, epoch)
                 score = _select_value(val, cfg.select_metric)
-                if score > best or best_epoch == 0:
+                if score > best or best_epoch == 0:  # every rank has the same gathered metrics: same choice
                     best, best_epoch = score, epoch
-                    with atomic_path(out / WEIGHTS) as tmp:
-                        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                                  str(tmp), metadata={"model": cfg.model, "epoch": str(epoch)})
-                _write_history(out / HISTORY, history)
+                    if dist.is_main:
+                        with atomic_path(out / WEIGHTS) as tmp:
+                            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                                      str(tmp), metadata={"model": cfg.model, "epoch": str(epoch)})
+                if dist.is_main:
+                    _write_history(out / HISTORY, history)
                 bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
                 if not quiet:
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {tr['loss']:.4f}  val auc {_fmt(val['auc'])}"
@@ -166,12 +174,29 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                                   + ("  *" if best_epoch == epoch else ""))
     finally:
         tb.close()
+    dist.barrier()  # rank 0 has written the best weights
     metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
     if not quiet:
         console.print(f"best epoch {best_epoch} by val {cfg.select_metric}; "
                       f"test auc {_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}; "
                       f"{time.perf_counter() - t0:.0f} s")
     return out
+
+
+class _NoWriter:
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _tensorboard(path: Path, enabled: bool):
+    if not enabled:
+        return _NoWriter()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(path))
 
 
 def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: Task, device) -> torch.nn.Module:
@@ -213,7 +238,7 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     recorded = _recorded_md5(run_dir)
     if recorded and ds.md5 and recorded != ds.md5:
         raise MedbenchError(f"{ds.source} has md5 {ds.md5} but the run was trained on data with md5 {recorded}")
-    device = resolve_device(cfg.device)
+    dist, device = distributed.setup(resolve_device(cfg.device))
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
     model = load_run_model(run_dir, cfg, ds, task, device)  # always the saved best weights
@@ -223,12 +248,15 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     for s in splits:
         sp = ds[s]
         sp = type(sp)(sp.images.to(device), sp.labels.to(device))
-        logits = predict_logits(model, sp, prep, precision, cfg.eval_batch_size)
+        logits = predict_logits(model, sp, prep, precision, cfg.eval_batch_size, dist=dist)
         rec, scores = _metric_record(task, sp.labels, logits)
-        write_predictions(run_dir / "predictions" / f"{s}.csv", scores)
+        if dist.is_main:
+            write_predictions(run_dir / "predictions" / f"{s}.csv", scores)
         metrics[s] = rec
     metrics = {s: metrics[s] for s in SPLITS if s in metrics}
-    write_json(path, metrics)
+    if dist.is_main:
+        write_json(path, metrics)
+    dist.barrier()
     return metrics
 
 

@@ -10,22 +10,24 @@ from medbench.data.dataset import Split
 
 def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | None = None,
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images uint8 [B,C,H,W], labels int64 [B,L])`` on the split's device.
 
     When shuffling (training), a last batch of a single sample is skipped: batch-norm cannot train on it,
-    and it is a different random sample each epoch.
+    and it is a different random sample each epoch. ``shard=(rank, world)`` keeps every world-th sample of
+    each batch for data-parallel training; all ranks draw the same order from equally seeded generators.
     """
+    rank, world = shard
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.images.device) if shuffle else None
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        if shuffle and stop - start < 2:
+        if shuffle and stop - start < 2 * world:
             break
         if order is None:
             x, y = split.images[start:stop], split.labels[start:stop]
         else:
-            idx = order[start:stop]
+            idx = order[start:stop][rank::world]
             x, y = split.images[idx], split.labels[idx]
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
