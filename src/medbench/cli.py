@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat grey images to 3 channels")
     p.add_argument("--deterministic", action="store_const", const=True, default=None,
                    help="deterministic kernels (slower; same seed gives the same result)")
+    p.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="torch.compile the model (slower first epoch, faster after)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set milestones=[0.5,0.75] (repeatable)")
 
@@ -89,7 +91,7 @@ def _train_settings(args) -> dict:
     for _, field, _ in TRAIN_FLAGS:
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
-    for key in ("as_rgb", "deterministic"):
+    for key in ("as_rgb", "deterministic", "compile"):
         if getattr(args, key) is not None:
             settings[key] = True
     for item in args.overrides:
