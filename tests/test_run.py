@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from medmnist.evaluator import Evaluator, getACC, getAUC
 
 import medbench
@@ -163,3 +164,19 @@ def test_pneumoniamnist_run_agrees_with_the_official_evaluator(tmp_path, medmnis
         assert official.AUC == pytest.approx(metrics[split]["auc"], abs=1e-12)
         assert official.ACC == pytest.approx(metrics[split]["acc"], abs=1e-12)
     assert metrics["test"]["auc"] > 0.85
+
+
+def test_epoch_hook_sees_each_epoch_and_can_stop_training(tmp_path):
+    ds = read_npz(make_npz(tmp_path / "dermamnist.npz", channels=3, num_classes=7), "dermamnist")
+    seen = []
+
+    def hook(info):
+        seen.append(info)
+        return info["epoch"] == 2
+
+    out = train({"dataset": "dermamnist", "epochs": 5, "batch_size": 16}, tmp_path / "r", dataset=ds, quiet=True,
+                on_epoch=hook)
+    assert [i["epoch"] for i in seen] == [1, 2]
+    assert seen[0]["is_best"] and seen[0]["best_epoch"] == 1 and 0 < seen[0]["train_seconds"] < seen[1]["train_seconds"]
+    assert isinstance(seen[0]["model"], torch.nn.Module)
+    assert len(pd.read_csv(out / "history.csv")) == 2 and (out / "metrics.json").is_file()

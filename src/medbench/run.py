@@ -9,7 +9,7 @@ import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -99,11 +99,12 @@ def _fmt(v) -> str:
 
 
 def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None, quiet: bool = False,
-          dataset: ImageDataset | None = None) -> Path:
+          dataset: ImageDataset | None = None, on_epoch: Callable[[dict], bool] | None = None) -> Path:
     """Train one run into ``out`` and evaluate its best epoch on every split. Returns the run directory.
 
     ``dataset`` lets library users pass an :class:`ImageDataset` they built; otherwise ``config.dataset``
-    is loaded from the data root.
+    is loaded from the data root. ``on_epoch`` is called after every epoch with the history row plus
+    ``best_epoch``, ``is_best``, ``model`` and ``train_seconds``; returning True stops training there.
     """
     cfg = config if isinstance(config, RunConfig) else resolve_config(dict(config))
     out = Path(out)
@@ -138,6 +139,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     history: list[dict] = []
     best, best_epoch = -math.inf, 0
     t0 = time.perf_counter()
+    train_seconds = 0.0
     try:
         with progress_bar(f"{cfg.model} on {ds.name}", total=cfg.epochs * spe, enabled=not quiet) as bar:
             for epoch in range(1, cfg.epochs + 1):
@@ -172,6 +174,11 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {tr['loss']:.4f}  val auc {_fmt(val['auc'])}"
                                   f"  acc {_fmt(val['acc'])}  {tr['images_per_s']:.0f} img/s"
                                   + ("  *" if best_epoch == epoch else ""))
+                train_seconds = time.perf_counter() - t0  # training and validation so far, nothing else
+                if on_epoch is not None and on_epoch({**row, "best_epoch": best_epoch, "is_best": best_epoch == epoch,
+                                                      "model": model, "train_seconds": train_seconds}):
+                    break
+                t0 = time.perf_counter() - train_seconds  # the hook's own time is not the run's
     finally:
         tb.close()
     dist.barrier()  # rank 0 has written the best weights
@@ -179,7 +186,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     if not quiet:
         console.print(f"best epoch {best_epoch} by val {cfg.select_metric}; "
                       f"test auc {_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}; "
-                      f"{time.perf_counter() - t0:.0f} s")
+                      f"{train_seconds:.0f} s training")
     return out
 
 
