@@ -121,7 +121,10 @@ def _cmd_datasets(args) -> None:
         n = r["n_samples"]
         t.add_row(r["name"], r["task"], str(r["n_channels"]), str(len(r["classes"])),
                   f"{n['train']} / {n['val']} / {n['test']}", ", ".join(map(str, r["cached_sizes"])) or "-")
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # piped output: rich would otherwise cut names at 80 columns
+    console.print(t)
 
 
 def _cmd_models(args) -> None:
