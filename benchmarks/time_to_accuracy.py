@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medbench.config import resolve_config
+from medbench.config import parse_overrides, resolve_config
 from medbench.data import load_dataset
 from medbench.engine import Precision, predict_logits
 from medbench.fileio import write_json
@@ -31,7 +31,7 @@ TARGETS = {"pneumoniamnist": (0.944, 0.854), "breastmnist": (0.901, 0.863), "ret
 def run_seed(dataset: str, recipe: str, seed: int, cap_s: float, overrides: dict) -> dict:
     cfg = resolve_config({"dataset": dataset, "recipe": recipe, "seed": seed, **overrides})
     ds = load_dataset(dataset, cfg.size, progress=False)
-    task, prep = build_task(cfg, ds), _preprocess(cfg)
+    task, prep = build_task(cfg, ds), _preprocess(cfg, ds)
     target_auc, target_acc = TARGETS[dataset]
     state = {"reached_s": None, "epoch": None, "test": None, "elapsed_s": 0.0}
 
@@ -64,9 +64,12 @@ def main():
     ap.add_argument("--cap-minutes", type=float, default=60)
     ap.add_argument("--precision", help="override the precision (the official pipeline runs fp32)")
     ap.add_argument("--epochs", type=int, help="override the recipe's epochs (the schedule length)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any RunConfig field (YAML value), e.g. --set batch_size=64")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     overrides = {k: v for k, v in {"precision": args.precision, "epochs": args.epochs}.items() if v is not None}
+    overrides.update(parse_overrides(args.set))
     rows = [run_seed(args.dataset, args.recipe, s, args.cap_minutes * 60, overrides) for s in args.seeds]
     times = np.array([r["time_s"] for r in rows])
     result = {"dataset": args.dataset, "recipe": args.recipe, "overrides": overrides,

@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
 
 EXIT_USAGE = 2
 
@@ -41,6 +40,14 @@ TRAIN_FLAGS = [
     ("--label-smoothing", "label_smoothing", dict(type=float)),
     ("--ordinal-loss", "ordinal_loss", dict(choices=["ce", "corn"], help="ordinal tasks: ce (benchmark) or corn")),
     ("--stem", "stem", dict(choices=["auto", "small", "imagenet"], help="ResNet stem (auto: small below 64 px)")),
+    ("--weights", "weights", dict(help="initial weights file (.safetensors, or .pth holding tensors)")),
+    ("--truncate", "truncate", dict(type=int, metavar="K", help="drop the last K stages (CheXtransfer)")),
+    ("--input-adapt", "input_adapt", dict(choices=["auto", "native", "resize", "pad"],
+                                          help="auto: resize only images smaller than the model accepts")),
+    ("--input-size", "input_size", dict(type=int, help="resize/pad target, e.g. 224")),
+    ("--resize-mode", "resize_mode", dict(choices=["bilinear", "nearest", "bicubic"])),
+    ("--freeze", "freeze", dict(choices=["none", "backbone"], help="backbone: linear probing")),
+    ("--backbone-lr-scale", "backbone_lr_scale", dict(type=float, help="backbone lr = lr x this")),
     ("--seed", "seed", dict(type=int)),
     ("--device", "device", dict(help="auto, cpu, cuda or cuda:N")),
     ("--precision", "precision", dict(choices=["auto", "fp32", "bf16", "fp16"])),
@@ -58,14 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", parents=[common], help="list datasets, tasks, classes, sizes, cached or not")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("models", parents=[common], help="list models")
+    p = sub.add_parser("models", parents=[common], help="list models, or --info NAME for one model's size")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--info", metavar="NAME", help="parameters and FLOPs of one model for the given input")
+    p.add_argument("--size", type=int, help="--info: input size (default: the model's default size)")
+    p.add_argument("--in-chans", type=int, default=3, help="--info: input channels (default 3)")
+    p.add_argument("--num-classes", type=int, default=2, help="--info: outputs (default 2)")
+    p.add_argument("--truncate", type=int, default=0, metavar="K", help="--info: also count with K stages dropped")
 
     p = sub.add_parser("train", parents=[common], help="train one run into a run directory")
     p.add_argument("--out", required=True, type=Path, help="run directory to create")
     p.add_argument("--config", type=Path, help="YAML run config (e.g. a run's config.yaml); flags override it")
     for flag, field, kw in TRAIN_FLAGS:
         p.add_argument(flag, dest=field, default=None, **kw)
+    p.add_argument("--pretrained", action="store_const", const=True, default=None,
+                   help="start from ImageNet weights (cached, packaged or downloaded; never silently random)")
     p.add_argument("--as-rgb", dest="as_rgb", action="store_const", const=True, default=None,
                    help="repeat grey images to 3 channels")
     p.add_argument("--deterministic", action="store_const", const=True, default=None,
@@ -84,21 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_settings(args) -> dict:
-    from medbench.config import read_config_file
+    from medbench.config import parse_overrides, read_config_file
     from medbench.errors import MedbenchError
 
     settings = read_config_file(args.config) if args.config else {}
     for _, field, _ in TRAIN_FLAGS:
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
-    for key in ("as_rgb", "deterministic", "compile"):
+    for key in ("pretrained", "as_rgb", "deterministic", "compile"):
         if getattr(args, key) is not None:
             settings[key] = True
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise MedbenchError(f"--set expects KEY=VALUE, got '{item}'")
-        settings[key.strip()] = yaml.safe_load(value)
+    settings.update(parse_overrides(args.overrides))
     if "dataset" not in settings:
         raise MedbenchError("no dataset given: use --dataset NAME (see `medbench datasets`) or --config FILE")
     return settings
@@ -128,15 +138,41 @@ def _cmd_datasets(args) -> None:
 
 
 def _cmd_models(args) -> None:
-    from medbench.models import list_models, model_entry
+    from rich.console import Console
+    from rich.table import Table
 
-    rows = [{"name": n, "family": model_entry(n).family, "description": model_entry(n).description}
-            for n in list_models()]
+    from medbench.models import catalogue, model_info
+
+    if args.info:
+        info = model_info(args.info, num_classes=args.num_classes, in_chans=args.in_chans, img_size=args.size,
+                          truncate=args.truncate)
+        if args.json:
+            print(json.dumps(info, indent=2))
+            return
+        print(f"{info['name']} ({info['family']}): {info['description']}")
+        print(f"input {info['in_chans']} x {info['img_size']} px (default {info['default_size']}, minimum "
+              f"{info['min_size']}), {info['num_classes']} outputs")
+        print(f"parameters {info['params']:,} ({info['params'] / 1e6:.2f} M), forward FLOPs per image "
+              f"{info['flops'] / 1e9:.3f} G")
+        if args.truncate:
+            print(f"truncated by {args.truncate}: parameters {info['params_truncated']:,} "
+                  f"({info['params_truncated'] / 1e6:.2f} M), FLOPs {info['flops_truncated'] / 1e9:.3f} G")
+        print(f"ImageNet weights: {'yes' if info['pretrained_available'] else 'no'}; truncation: "
+              f"{'yes' if info['truncatable'] else 'no'}")
+        return
+    rows = catalogue()
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(f"{r['name']:<16} {r['family']:<10} {r['description']}")
+        return
+    t = Table("name", "family", "params (M)", "ImageNet", "truncate", "sizes (px)", "description",
+              title="params at the default size, 3 channels, 1000 classes")
+    for r in rows:
+        t.add_row(r["name"], r["family"], f"{r['params'] / 1e6:.1f}", "yes" if r["pretrained_available"] else "-",
+                  "yes" if r["truncatable"] else "-", f"{r['min_size']}+ ({r['default_size']})", r["description"])
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(t)
 
 
 def _cmd_train(args) -> None:

@@ -23,11 +23,22 @@ class RunConfig(BaseModel):
     dataset: str
     size: int = Field(28, description="image size in pixels (MedMNIST: 28, 64, 128 or 224)")
     as_rgb: bool = Field(False, description="repeat grey images to 3 channels (MedMNIST benchmark parity)")
-    norm_mean: float = 0.5
-    norm_std: float = Field(0.5, gt=0)
+    norm_mean: float | list[float] | None = Field(
+        None, description="normalise as (x/255 - mean) / std, one value or one per channel; None: the pretrained "
+                          "weights' ImageNet statistics, else 0.5")
+    norm_std: float | list[float] | None = None
     # model and task
     model: str = "resnet18"
     stem: Literal["auto", "small", "imagenet"] = "auto"
+    pretrained: bool = Field(False, description="start from the model's ImageNet weights")
+    weights: str | None = Field(None, description="start from this weights file (safetensors, or .pth tensors)")
+    truncate: int = Field(0, ge=0, description="drop the last K stages (CheXtransfer truncation)")
+    input_adapt: Literal["auto", "native", "resize", "pad"] = Field(
+        "auto", description="how images reach the network: auto resizes only when smaller than it accepts")
+    input_size: int | None = Field(None, ge=1, description="resize/pad target size in pixels")
+    resize_mode: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    freeze: Literal["none", "backbone"] = Field("none", description="backbone: train only the head (linear probe)")
+    backbone_lr_scale: float = Field(1.0, gt=0, description="backbone lr = lr x this (head at lr)")
     ordinal_loss: Literal["ce", "corn"] = "ce"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     # optimisation
@@ -59,7 +70,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # epochs too (BreastMNIST, ResNet-18, 3 epochs, seeds 0/1/2: test AUC 0.88/0.77/0.82 vs 0.58/0.65/0.64 with
     # medmnist-v2, whose 128-image batches give only 15 optimiser steps and whose lr drops after epoch 1).
     "default": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=32, epochs=100, schedule="cosine",
-                    norm_mean=0.5, norm_std=0.5, label_smoothing=0.0, select_metric="auc"),
+                    label_smoothing=0.0, select_metric="auc"),
     # MedMNIST v2 benchmark: Adam 1e-3, batch 128, 100 epochs, lr x0.1 at 50 % and 75 %, no augmentation,
     # normalise with mean 0.5 / std 0.5, best epoch by validation AUC.
     "medmnist-v2": dict(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, epochs=100,
@@ -108,6 +119,17 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise MedbenchError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     data.pop(PROVENANCE_KEY, None)
     return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["epochs=3", "milestones=[0.5]"]`` -> settings; values are read as YAML (safe loader)."""
+    settings = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MedbenchError(f"--set expects KEY=VALUE, got '{item}'")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:

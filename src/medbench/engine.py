@@ -15,6 +15,7 @@ from medbench.data.dataset import Split
 from medbench.data.loader import Preprocess, iterate_batches
 from medbench.distributed import Dist
 from medbench.errors import MedbenchError
+from medbench.models.finetune import freeze_frozen_norms, param_groups
 from medbench.tasks import Task
 
 
@@ -74,9 +75,10 @@ class Precision:
 
 
 def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = list(model.parameters())
+    """The head at ``lr``, the backbone at ``lr * backbone_lr_scale`` or frozen (``freeze=backbone``)."""
+    params = param_groups(model, cfg.lr, freeze=cfg.freeze, backbone_lr_scale=cfg.backbone_lr_scale)
     # fused kernels update all parameters in one pass (CPU and CUDA); same maths as the per-tensor loop
-    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in params) else {}
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in model.parameters()) else {}
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "adamw":
@@ -94,7 +96,8 @@ def build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer, steps_per_epoch:
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                   total_steps=total)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
@@ -112,6 +115,7 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
     scores and labels are this rank's.
     """
     model.train()
+    freeze_frozen_norms(model)
     total = torch.zeros(2, device=split.images.device)  # loss sum, samples
     scores, labels = [], []
     start = time.perf_counter()

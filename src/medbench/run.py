@@ -44,13 +44,41 @@ def build_task(cfg: RunConfig, ds: ImageDataset) -> Task:
     return make_task(ds.task, ds.num_classes, ordinal_loss=cfg.ordinal_loss, label_smoothing=cfg.label_smoothing)
 
 
-def build_model(cfg: RunConfig, ds: ImageDataset, task: Task) -> torch.nn.Module:
+def input_channels(cfg: RunConfig, ds: ImageDataset) -> int:
+    return 3 if cfg.as_rgb else ds.in_chans
+
+
+def normalization(cfg: RunConfig, in_chans: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std: the config's, else the pretrained weights' ImageNet statistics (averaged for grey
+    input, whose first convolution sums the RGB filters), else 0.5 / 0.5."""
+    from medbench.models import model_entry
+    from medbench.models.weights import imagenet_stats
+
+    stats = imagenet_stats(model_entry(cfg.model)) if cfg.pretrained or cfg.weights else None
+    mean, std = stats or ([0.5], [0.5])
+    mean = mean if cfg.norm_mean is None else cfg.norm_mean
+    std = std if cfg.norm_std is None else cfg.norm_std
+    out = []
+    for name, v in (("norm_mean", mean), ("norm_std", std)):
+        v = [float(v)] if isinstance(v, (int, float)) else [float(x) for x in v]
+        if len(v) == 3 and in_chans == 1:
+            v = [sum(v) / 3]
+        if len(v) not in (1, in_chans):
+            raise MedbenchError(f"{name} has {len(v)} values; the model takes {in_chans} channels (give 1 or "
+                                f"{in_chans})")
+        out.append(v * in_chans if len(v) == 1 else v)
+    return out[0], out[1]
+
+
+def build_model(cfg: RunConfig, ds: ImageDataset, task: Task, load_weights: bool = True) -> torch.nn.Module:
+    """The run's network; ``load_weights=False`` skips pretrained loading (the run's own weights follow)."""
     kwargs = {} if cfg.stem == "auto" else {"stem": cfg.stem}
-    in_chans = 3 if cfg.as_rgb else ds.in_chans
-    try:
-        return create_model(cfg.model, num_classes=task.num_outputs, in_chans=in_chans, img_size=cfg.size, **kwargs)
-    except TypeError as e:
-        raise MedbenchError(f"model '{cfg.model}' does not take {sorted(kwargs)}: {e}") from None
+    in_chans = input_channels(cfg, ds)
+    mean, std = normalization(cfg, in_chans)
+    return create_model(cfg.model, num_classes=task.num_outputs, in_chans=in_chans, img_size=cfg.size,
+                        pretrained=cfg.pretrained, weights=cfg.weights, truncate=cfg.truncate,
+                        input_adapt=cfg.input_adapt, input_size=cfg.input_size, resize_mode=cfg.resize_mode,
+                        pad_value=[-m / s for m, s in zip(mean, std)], load_weights=load_weights, **kwargs)
 
 
 def _dataset(cfg: RunConfig, dataset: ImageDataset | None, data_dir, quiet: bool) -> ImageDataset:
@@ -121,7 +149,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     net = torch.compile(model) if cfg.compile else model  # same parameters; state_dict keys from ``model``
     if dist.active:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    prep = _preprocess(cfg)
+    prep = _preprocess(cfg, ds)
     splits = _on_device(ds, device)
     train_split, val_split = splits["train"], splits["val"]
     spe = steps_per_epoch(len(train_split), cfg.batch_size, dist.world)
@@ -131,6 +159,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
 
     provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": str(device),
                   "precision": precision.name, "world_size": dist.world,
+                  **({"weights_source": model.weights_source} if getattr(model, "weights_source", None) else {}),
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -210,7 +239,7 @@ def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: 
     path = Path(run_dir) / WEIGHTS
     if not path.is_file():
         raise MedbenchError(f"{path} not found: the run has no saved weights (did training finish an epoch?)")
-    model = build_model(cfg, ds, task)
+    model = build_model(cfg, ds, task, load_weights=False)
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
@@ -226,8 +255,9 @@ def _place(model: torch.nn.Module, cfg: RunConfig, device) -> torch.nn.Module:
     return model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
 
 
-def _preprocess(cfg: RunConfig) -> Preprocess:
-    return Preprocess(cfg.norm_mean, cfg.norm_std, to_rgb=cfg.as_rgb, channels_last=cfg.channels_last)
+def _preprocess(cfg: RunConfig, ds: ImageDataset) -> Preprocess:
+    mean, std = normalization(cfg, input_channels(cfg, ds))
+    return Preprocess(mean, std, to_rgb=cfg.as_rgb, channels_last=cfg.channels_last)
 
 
 def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
@@ -249,7 +279,7 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
     model = load_run_model(run_dir, cfg, ds, task, device)  # always the saved best weights
-    prep = _preprocess(cfg)
+    prep = _preprocess(cfg, ds)
     path = run_dir / METRICS
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     for s in splits:

@@ -1,7 +1,7 @@
 """Batches straight from the in-memory uint8 tensors: no DataLoader workers, no per-sample Python."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -35,16 +35,27 @@ def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
 
 
 class Preprocess:
-    """uint8 batch -> float, normalised as ``(x/255 - mean) / std``, grey repeated to RGB when asked."""
+    """uint8 batch -> float, normalised as ``(x/255 - mean) / std`` (one value, or one per channel), grey
+    repeated to RGB when asked."""
 
-    def __init__(self, mean: float = 0.5, std: float = 0.5, to_rgb: bool = False, channels_last: bool = False):
+    def __init__(self, mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5,
+                 to_rgb: bool = False, channels_last: bool = False):
         self.mean, self.std, self.to_rgb, self.channels_last = mean, std, to_rgb, channels_last
-        self._scale, self._shift = 1.0 / (255.0 * std), mean / std  # one fused multiply-subtract
+        m = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * s), m / s  # one fused multiply-subtract
+        self._on: dict = {}
+
+    def _consts(self, device: torch.device):
+        if device not in self._on:
+            self._on[device] = (self._scale.to(device), self._shift.to(device))
+        return self._on[device]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().mul_(self._scale).sub_(self._shift)
         if self.to_rgb and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        scale, shift = self._consts(x.device)
+        x = torch.addcmul(-shift, x.float(), scale) if scale.numel() > 1 else x.float().mul_(scale).sub_(shift)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

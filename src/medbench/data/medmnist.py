@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -121,8 +122,9 @@ def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True,
         with os.fdopen(fd, "wb") as out:
             try:
                 resp = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, OSError, ValueError) as e:
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
                 reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else (
+                    f"not an HTTP reply: {e!r}" if not isinstance(e, (OSError, ValueError)) else
                     getattr(e, "reason", None) or e)
                 raise MedbenchError(f"download of {url} failed ({reason}). {_by_hand(name, size, dest)}") from e
             with resp:
@@ -136,7 +138,7 @@ def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True,
                             h.update(chunk)
                             got += len(chunk)
                             bar.advance(len(chunk))
-                    except (OSError, urllib.error.URLError) as e:
+                    except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
                         raise MedbenchError(f"download of {url} broke off after {got} bytes ({e}). "
                                             f"{_by_hand(name, size, dest)}") from e
             out.flush()
@@ -171,6 +173,8 @@ def read_npz(path: str | os.PathLike, name: str, size: int | None = None) -> Ima
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise _fail(path, f"not a readable .npz file ({e}); {fix}") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array saved under an .npz name
+        raise _fail(path, f"not a readable .npz file (it holds a single .npy array, not named arrays); {fix}")
     with npz:
         keys = set(npz.files)
         want = {f"{s}_{k}" for s in SPLITS for k in ("images", "labels")}
@@ -180,8 +184,8 @@ def read_npz(path: str | os.PathLike, name: str, size: int | None = None) -> Ima
         for s in SPLITS:
             try:
                 images, labels = npz[f"{s}_images"], npz[f"{s}_labels"]
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-                raise _fail(path, f"array {s}_images/{s}_labels cannot be read ({e}); {fix}") from e
+            except Exception as e:  # noqa: BLE001 - a damaged member fails in zlib, zipfile or numpy's header parser
+                raise _fail(path, f"array {s}_images/{s}_labels cannot be read ({type(e).__name__}: {e}); {fix}") from e
             splits[s] = _to_split(path, s, images, labels, task, classes, info["n_channels"], size)
     return ImageDataset(name=name, task=task, class_names=classes, splits=splits,
                         size=splits["train"].images.shape[-1], source=str(path))

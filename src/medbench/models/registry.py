@@ -1,10 +1,17 @@
-"""Model registry in the style of timm: a name maps to a builder ``(num_classes, in_chans, img_size, **kw)``."""
+"""Model registry in the style of timm: a name maps to a builder ``(num_classes, in_chans, img_size,
+pretrained, **kw)``; ``pretrained`` only tells the builder that ImageNet weights will be loaded (ResNets then keep
+the ImageNet stem), the loading itself is shared.
+
+``create_model`` adds what every entry shares: pretrained weights (``weights.py``), truncation of the last
+stages (``truncate.py``) and input adaptation for networks that need bigger images (``adapt.py``).
+"""
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from medbench.errors import MedbenchError
@@ -16,16 +23,23 @@ class ModelEntry:
     family: str
     builder: Callable[..., nn.Module]
     description: str = ""
+    min_size: int = 28  # smallest input (px) the network accepts; smaller data is resized up to it
+    default_size: int = 28  # the input size the architecture was designed for
+    pretrained: str | None = None  # where ImageNet weights come from: "torchvision:<Weights.ENUM>" or "timm:<name>"
+    first_conv: str | None = "conv1"  # module names that pretrained loading adapts / replaces (None: timm's cfg)
+    classifier: str | None = "fc"
+    truncatable: bool = False
+    extra: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, family: str, description: str = ""):
+def register_model(name: str, family: str, description: str = "", **meta):
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' registered twice")
-        _REGISTRY[name] = ModelEntry(name, family, fn, description)
+        _REGISTRY[name] = ModelEntry(name, family, fn, description, **meta)
         return fn
 
     return deco
@@ -43,6 +57,107 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 28, **kwargs) -> nn.Module:
-    """Build a registered model with ``num_classes`` outputs for ``in_chans`` x ``img_size`` input."""
-    return model_entry(name).builder(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+def network_input_size(entry: ModelEntry, img_size: int, input_adapt: str = "auto",
+                       input_size: int | None = None) -> int:
+    """The size the network itself sees: the data's, or the adapter's target."""
+    if input_adapt == "native" or (input_adapt == "auto" and input_size is None and img_size >= entry.min_size):
+        if img_size < entry.min_size:
+            raise MedbenchError(f"model '{entry.name}' needs inputs of at least {entry.min_size} px, the data has "
+                                f"{img_size} px; use --input-adapt resize (or pad) --input-size {entry.min_size}")
+        return img_size
+    size = input_size or max(entry.min_size, img_size)
+    if size < entry.min_size:
+        raise MedbenchError(f"--input-size {size} is below the {entry.min_size} px that '{entry.name}' needs")
+    if size < img_size:
+        raise MedbenchError(f"--input-size {size} is smaller than the {img_size} px images; resize/pad only enlarge")
+    return size
+
+
+def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 28, pretrained: bool = False,
+                 weights: str | None = None, truncate: int = 0, input_adapt: str = "auto",
+                 input_size: int | None = None, resize_mode: str = "bilinear", pad_value: float | list = 0.0,
+                 load_weights: bool = True, **kwargs) -> nn.Module:
+    """Build a registered model with ``num_classes`` outputs for ``in_chans`` x ``img_size`` input.
+
+    ``pretrained`` loads the entry's ImageNet weights, ``weights`` a file (safetensors, or .pth read with
+    ``weights_only=True``); the first convolution is adapted to ``in_chans`` and the classifier replaced.
+    ``truncate=K`` drops the last K stages. Inputs smaller than the network needs (or ``input_adapt`` resize/pad
+    with ``input_size``) pass through an :class:`~medbench.models.adapt.InputAdapter`. ``load_weights=False``
+    builds the architecture that pretrained/weights imply without loading them (to reload a trained run).
+    """
+    from medbench.models.adapt import InputAdapter
+    from medbench.models.truncate import truncate_model
+    from medbench.models.weights import load_pretrained
+
+    entry = model_entry(name)
+    if input_adapt not in ("auto", "native", "resize", "pad"):
+        raise MedbenchError(f"unknown input adaptation '{input_adapt}'; valid: auto, native, resize, pad")
+    net_size = network_input_size(entry, img_size, input_adapt, input_size)
+    use_weights = pretrained or weights is not None
+    try:
+        model = entry.builder(num_classes=num_classes, in_chans=in_chans, img_size=net_size, pretrained=use_weights,
+                              **kwargs)
+    except TypeError as e:
+        raise MedbenchError(f"model '{name}' does not take {sorted(kwargs)}: {e}") from None
+    source = load_pretrained(model, entry, in_chans=in_chans, weights=weights) if use_weights and load_weights else None
+    if truncate:
+        model = truncate_model(model, entry, truncate, num_classes)
+    if net_size != img_size:
+        mode = "pad" if input_adapt == "pad" else resize_mode
+        model = InputAdapter(model, net_size, mode, pad_value)
+    model.weights_source = source  # recorded in the run's provenance
+    return model
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, in_chans: int, img_size: int) -> int:
+    """Forward FLOPs for one image (torch.utils.flop_counter: 2 per multiply-add, convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, in_chans, img_size, img_size))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def model_info(name: str, *, num_classes: int = 2, in_chans: int = 3, img_size: int | None = None,
+               truncate: int = 0, flops: bool = True, **kwargs) -> dict:
+    """Parameters (and FLOPs per image) of ``name`` built for the given data, before and after truncation."""
+    entry = model_entry(name)
+    size = img_size or entry.default_size
+    meta = {"name": name, "family": entry.family, "description": entry.description,
+            "pretrained_available": entry.pretrained is not None, "truncatable": entry.truncatable,
+            "default_size": entry.default_size, "min_size": entry.min_size, "img_size": size,
+            "in_chans": in_chans, "num_classes": num_classes}
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=size, **kwargs)
+    meta["params"] = num_params(model)
+    if flops:
+        meta["flops"] = count_flops(model, in_chans, size)
+    if truncate:
+        cut = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=size, truncate=truncate,
+                           **kwargs)
+        meta.update(truncate=truncate, params_truncated=num_params(cut))
+        if flops:
+            meta["flops_truncated"] = count_flops(cut, in_chans, size)
+    return meta
+
+
+def catalogue() -> list[dict]:
+    """Every registered model with its parameter count at its default size (3 channels, 1000 classes), cheaply:
+    built on the meta device, so no memory is allocated and no weights are initialised."""
+    rows = []
+    for name in list_models():
+        entry = _REGISTRY[name]
+        with torch.device("meta"):
+            model = entry.builder(num_classes=1000, in_chans=3, img_size=entry.default_size)
+        rows.append({"name": name, "family": entry.family, "params": num_params(model),
+                     "pretrained_available": entry.pretrained is not None, "truncatable": entry.truncatable,
+                     "default_size": entry.default_size, "min_size": entry.min_size,
+                     "description": entry.description})
+    return rows

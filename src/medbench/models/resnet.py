@@ -1,8 +1,9 @@
-"""ResNets from torchvision's builders, with the MedMNIST small-input stem for 28-px images.
+"""ResNets and ResNeXts from torchvision's builders, with the MedMNIST small-input stem for small images.
 
 MedMNIST v2's benchmark ResNets keep torchvision's body but, at 28 px, replace the 7x7/2 stem and its max-pool
-by a 3x3/1 convolution, so the 28x28 map is not shrunk to 7x7 before the first block. From 64 px up they use
-the ImageNet stem unchanged. The first convolution takes the data's own channel count (1 or 3).
+by a 3x3/1 convolution, so the 28x28 map is not shrunk to 7x7 before the first block. From 64 px up (and
+whenever ImageNet weights are loaded) they use the ImageNet stem. The first convolution takes the data's own
+channel count (1 or 3).
 """
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from medbench.models.registry import register_model
 STEMS = ("auto", "small", "imagenet")
 
 
-def _resnet(builder, num_classes: int, in_chans: int, img_size: int, stem: str = "auto") -> nn.Module:
+def _resnet(builder, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
+            stem: str = "auto") -> nn.Module:
     if stem not in STEMS:
         raise MedbenchError(f"unknown stem '{stem}'; valid: {', '.join(STEMS)}")
     if stem == "auto":
-        stem = "small" if img_size < 64 else "imagenet"
+        stem = "imagenet" if pretrained or img_size >= 64 else "small"
+    elif stem == "small" and pretrained:
+        raise MedbenchError("ImageNet weights need the ImageNet stem (7x7/2 + max-pool): drop --stem small, and "
+                            "consider --input-adapt resize --input-size 224 for small images")
     model = builder(weights=None, num_classes=num_classes)
     width = model.conv1.out_channels
     if stem == "small":
@@ -31,11 +36,30 @@ def _resnet(builder, num_classes: int, in_chans: int, img_size: int, stem: str =
     return model
 
 
-@register_model("resnet18", "resnet", "ResNet-18; 3x3/1 stem below 64 px (MedMNIST), ImageNet stem from 64 px")
-def resnet18(num_classes, in_chans=3, img_size=28, stem="auto"):
-    return _resnet(resnet.resnet18, num_classes, in_chans, img_size, stem)
+def _register(name: str, builder, weights: str | None, description: str) -> None:
+    def build(num_classes, in_chans=3, img_size=28, pretrained=False, stem="auto"):
+        return _resnet(builder, num_classes, in_chans, img_size, pretrained, stem)
+
+    build.__name__ = name
+    register_model(name, "resnet", description + "; 3x3/1 stem below 64 px (MedMNIST), ImageNet stem from 64 px",
+                   min_size=8, default_size=28, pretrained=weights, truncatable=True)(build)
 
 
-@register_model("resnet50", "resnet", "ResNet-50; 3x3/1 stem below 64 px (MedMNIST), ImageNet stem from 64 px")
-def resnet50(num_classes, in_chans=3, img_size=28, stem="auto"):
-    return _resnet(resnet.resnet50, num_classes, in_chans, img_size, stem)
+for _depth, _w in [(18, "ResNet18_Weights.IMAGENET1K_V1"), (34, "ResNet34_Weights.IMAGENET1K_V1"),
+                   (50, "ResNet50_Weights.IMAGENET1K_V1"), (101, "ResNet101_Weights.IMAGENET1K_V1"),
+                   (152, "ResNet152_Weights.IMAGENET1K_V1")]:
+    _register(f"resnet{_depth}", getattr(resnet, f"resnet{_depth}"), f"torchvision:{_w}", f"ResNet-{_depth}")
+
+# ResNet-50 with every bottleneck's 3x3 convolution split into 32 groups at ResNet-50's own widths
+# (width_per_group 2 x 32 groups = 64 channels in stage 1): about half the parameters of ResNet-50.
+def _resnet50_g32(weights=None, num_classes=1000):
+    return resnet.ResNet(resnet.Bottleneck, [3, 4, 6, 3], num_classes=num_classes, groups=32, width_per_group=2)
+
+
+_register("resnet50_g32", _resnet50_g32, None, "ResNet-50 with 32-group 3x3 convolutions at ResNet-50 widths")
+_register("wide_resnet50_2", resnet.wide_resnet50_2, "torchvision:Wide_ResNet50_2_Weights.IMAGENET1K_V1",
+          "Wide ResNet-50-2")
+_register("resnext101_32x8d", resnet.resnext101_32x8d, "torchvision:ResNeXt101_32X8D_Weights.IMAGENET1K_V1",
+          "ResNeXt-101 32x8d")
+_register("resnext50_32x4d", resnet.resnext50_32x4d, "torchvision:ResNeXt50_32X4D_Weights.IMAGENET1K_V1",
+          "ResNeXt-50 32x4d")
