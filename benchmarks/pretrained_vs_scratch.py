@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medbench.config import parse_overrides, resolve_config
+from medbench.engine import describe_machine
 from medbench.fileio import write_json
 from medbench.run import train
 
@@ -30,7 +30,7 @@ def main():
     args = ap.parse_args()
     extra = parse_overrides(args.set)
     result = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "settings": extra,
-              "machine": f"{platform.machine()} {platform.processor()}".strip(), "arms": {}}
+              "machine": describe_machine(), "arms": {}}
     for arm, pretrained in (("scratch", False), ("pretrained", True)):
         rows = []
         for seed in args.seeds:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import time
 
@@ -22,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from medbench.config import resolve_config
 from medbench.data import load_dataset
 from medbench.data.loader import Preprocess, iterate_batches
-from medbench.engine import Precision, build_optimizer, resolve_device
+from medbench.engine import Precision, build_optimizer, cpu_has_native_bf16, describe_machine, resolve_device
 from medbench.metrics import bootstrap, resample_counts
 from medbench.models import create_model
 
@@ -186,11 +185,13 @@ def main():
     train_img_s, model = _time_train_engine(split, args.steps, 128, device, precision)
     eval_img_s = _time_eval_engine(model, split, args.eval_images, 1024, precision)
     flops = _train_flops_per_image()
-    peak = {"fp32": _gemm_peak(torch.float32), "bf16": _gemm_peak(torch.bfloat16)}
+    peak = {"fp32": _gemm_peak(torch.float32)}
+    if precision.name == "bf16" or cpu_has_native_bf16():  # an emulated bf16 GEMM would take minutes to time
+        peak["bf16"] = _gemm_peak(torch.bfloat16)
     peak_used = peak["bf16" if precision.name == "bf16" else "fp32"]
     boot_s, loop_s, ci = _bootstrap_bench()
     result = {
-        "device": str(device), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": str(device), "machine": describe_machine(), "threads": torch.get_num_threads(),
         "precision": precision.name, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "train_img_s": round(train_img_s, 1), "eval_img_s": round(eval_img_s, 1),
         "ref_train_img_s": round(ref_train, 1), "ref_eval_img_s": round(ref_eval, 1),

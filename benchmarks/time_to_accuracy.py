@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from medbench.config import parse_overrides, resolve_config
 from medbench.data import load_dataset
-from medbench.engine import Precision, predict_logits
+from medbench.engine import Precision, describe_machine, predict_logits
 from medbench.fileio import write_json
 from medbench.metrics import compute_metrics
 from medbench.run import _preprocess, build_task, train
@@ -77,7 +76,7 @@ def main():
               "seeds": rows, "all_reached": all(r["reached"] for r in rows),
               "time_s_mean": round(float(times.mean()), 1),
               "time_s_is_lower_bound": not all(r["reached"] for r in rows),
-              "machine": f"{platform.machine()} {platform.processor()}".strip()}
+              "machine": describe_machine()}
     tag = "-".join([args.dataset, args.recipe, *(f"{k}{v}" for k, v in overrides.items())])
     write_json(args.out / f"tta-{tag}.json", result)
     for r in rows:

@@ -29,7 +29,7 @@ def test_unknown_key_is_rejected_by_name():
     ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"optimizer": "lamb"}, "optimizer: Input should be 'adam', 'adamw' or 'sgd'"),
     ({"device": "tpu"}, "device: String should match pattern"),
-    ({"recipe": "fast"}, "unknown recipe 'fast'; valid: default, medmnist-v2"),
+    ({"recipe": "quick"}, "unknown recipe 'quick'; valid: default, medmnist-v2, fast"),
 ])
 def test_bad_values_are_clear(bad, fragment):
     with pytest.raises(MedbenchError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
@@ -72,3 +72,22 @@ def test_config_is_validated_on_assignment():
     cfg = RunConfig(dataset="breastmnist")
     with pytest.raises(Exception):
         cfg.epochs = -1
+
+
+def test_fast_recipe_sets_the_model_and_flags_still_win():
+    fast = resolve_config({"dataset": "breastmnist", "recipe": "fast"})
+    assert (fast.model, fast.epochs, fast.schedule) == ("cnn5", 30, "cosine")
+    assert resolve_config({"dataset": "breastmnist", "recipe": "fast", "model": "resnet18"}).model == "resnet18"
+
+
+def test_per_channel_normalisation_is_checked():
+    from medbench.run import normalization
+
+    cfg = resolve_config({"dataset": "breastmnist", "norm_mean": [0.1, 0.2], "norm_std": 0.3})
+    with pytest.raises(MedbenchError, match="norm_mean has 2 values; the model takes 1 channels"):
+        normalization(cfg, 1)
+    imagenet = resolve_config({"dataset": "breastmnist", "model": "resnet18", "pretrained": True})
+    mean, std = normalization(imagenet, 1)  # grey input: the RGB statistics averaged
+    assert mean == pytest.approx([(0.485 + 0.456 + 0.406) / 3]) and std == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
+    assert normalization(imagenet, 3) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert normalization(resolve_config({"dataset": "breastmnist"}), 3) == ([0.5] * 3, [0.5] * 3)

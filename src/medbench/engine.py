@@ -52,6 +52,21 @@ def cpu_has_native_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def describe_machine() -> str:
+    """E.g. 'AMD EPYC, 2 CPUs, AVX2, no native bf16' or '... + NVIDIA H100': recorded beside benchmark figures."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    isa = torch.backends.cpu.get_cpu_capability()
+    text = f"{cpu}, {os.cpu_count()} CPUs, {isa}, {'native' if cpu_has_native_bf16() else 'no native'} bf16"
+    if torch.cuda.is_available():
+        text += f" + {torch.cuda.get_device_name()}"
+    return text
+
+
 class Precision:
     """Autocast dtype and gradient scaler for a device and a ``precision`` setting."""
 
