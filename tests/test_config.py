@@ -30,6 +30,7 @@ def test_unknown_key_is_rejected_by_name():
     ({"optimizer": "lamb"}, "optimizer: Input should be 'adam', 'adamw' or 'sgd'"),
     ({"device": "tpu"}, "device: String should match pattern"),
     ({"recipe": "quick"}, "unknown recipe 'quick'; valid: default, medmnist-v2, fast"),
+    ({"norm_std": [0.2, 0.0, 0.2]}, "norm_std: Value error, every norm_std value must be > 0"),
 ])
 def test_bad_values_are_clear(bad, fragment):
     with pytest.raises(MedbenchError, match=fragment.replace("(", r"\(").replace(")", r"\)")):

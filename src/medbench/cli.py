@@ -115,8 +115,16 @@ def _train_settings(args) -> dict:
     return settings
 
 
-def _cmd_datasets(args) -> None:
+def _print_table(table, width: int) -> None:
     from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=width)  # piped output: rich would otherwise cut names at 80 columns
+    console.print(table)
+
+
+def _cmd_datasets(args) -> None:
     from rich.table import Table
 
     from medbench.data import data_root, list_datasets
@@ -132,14 +140,10 @@ def _cmd_datasets(args) -> None:
         n = r["n_samples"]
         t.add_row(r["name"], r["task"], str(r["n_channels"]), str(len(r["classes"])),
                   f"{n['train']} / {n['val']} / {n['test']}", ", ".join(map(str, r["cached_sizes"])) or "-")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)  # piped output: rich would otherwise cut names at 80 columns
-    console.print(t)
+    _print_table(t, width=120)
 
 
 def _cmd_models(args) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from medbench.models import catalogue, model_info
@@ -170,10 +174,7 @@ def _cmd_models(args) -> None:
     for r in rows:
         t.add_row(r["name"], r["family"], f"{r['params'] / 1e6:.1f}", "yes" if r["pretrained_available"] else "-",
                   "yes" if r["truncatable"] else "-", f"{r['min_size']}+ ({r['default_size']})", r["description"])
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    console.print(t)
+    _print_table(t, width=160)
 
 
 def _cmd_train(args) -> None:

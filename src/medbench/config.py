@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medbench.errors import MedbenchError
 
@@ -63,6 +63,13 @@ class RunConfig(BaseModel):
                             "else fp32")
     channels_last: bool = Field(True, description="NHWC memory layout for convolutions (faster on CPU and GPU)")
     compile: bool = Field(False, description="torch.compile the model (slow first epoch, faster after)")
+
+    @field_validator("norm_std")
+    @classmethod
+    def _positive_std(cls, v):
+        if v is not None and any(x <= 0 for x in ([v] if isinstance(v, (int, float)) else v)):
+            raise ValueError("every norm_std value must be > 0")
+        return v
 
 
 RECIPES: dict[str, dict[str, Any]] = {

@@ -55,7 +55,7 @@ class Preprocess:
         if self.to_rgb and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         scale, shift = self._consts(x.device)
-        x = torch.addcmul(-shift, x.float(), scale) if scale.numel() > 1 else x.float().mul_(scale).sub_(shift)
+        x = x.float().mul_(scale).sub_(shift)  # [C,1,1] constants broadcast over the batch
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

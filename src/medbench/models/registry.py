@@ -8,7 +8,7 @@ stages (``truncate.py``) and input adaptation for networks that need bigger imag
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,7 +29,6 @@ class ModelEntry:
     first_conv: str | None = "conv1"  # module names that pretrained loading adapts / replaces (None: timm's cfg)
     classifier: str | None = "fc"
     truncatable: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -134,7 +133,6 @@ def model_info(name: str, *, num_classes: int = 2, in_chans: int = 3, img_size: 
             "pretrained_available": entry.pretrained is not None, "truncatable": entry.truncatable,
             "default_size": entry.default_size, "min_size": entry.min_size, "img_size": size,
             "in_chans": in_chans, "num_classes": num_classes}
-    torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=size, **kwargs)
     meta["params"] = num_params(model)
     if flops:
