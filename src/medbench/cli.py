@@ -49,6 +49,16 @@ TRAIN_FLAGS = [
     ("--resize-mode", "resize_mode", dict(choices=["bilinear", "nearest", "bicubic"])),
     ("--freeze", "freeze", dict(choices=["none", "backbone"], help="backbone: linear probing")),
     ("--backbone-lr-scale", "backbone_lr_scale", dict(type=float, help="backbone lr = lr x this")),
+    ("--augment", "augment", dict(metavar="PRESET[,PRESET]", help="augmentation: none, basic, autoaugment-imagenet, "
+                                  "autoaugment-cifar10, autoaugment-svhn, randaugment, trivialaugment, augmix; "
+                                  "several apply in order")),
+    ("--mixup", "mixup", dict(type=float, metavar="ALPHA", help="batch mixup with Beta(ALPHA, ALPHA); 0 = off")),
+    ("--cutmix", "cutmix", dict(type=float, metavar="ALPHA", help="batch cutmix with Beta(ALPHA, ALPHA); 0 = off")),
+    ("--synthetic", "synthetic", dict(metavar="G", help="add generated images to the training split: a `medbench "
+                                      "gan train` folder or a `gan sample` .npz")),
+    ("--synthetic-ratio", "synthetic_ratio", dict(type=float, metavar="R",
+                                                  help="synthetic images per real training image (default 1, cap "
+                                                       "synthetic_cap = 1)")),
     ("--seed", "seed", dict(type=int)),
     ("--device", "device", dict(help="auto, cpu, cuda or cuda:N")),
     ("--precision", "precision", dict(choices=["auto", "fp32", "bf16", "fp16"])),
@@ -83,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from ImageNet weights (cached, packaged or downloaded; never silently random)")
     p.add_argument("--as-rgb", dest="as_rgb", action="store_const", const=True, default=None,
                    help="repeat grey images to 3 channels")
+    p.add_argument("--no-flip", dest="no_flip", action="store_const", const=True, default=None,
+                   help="augmentation never flips (anatomy where laterality matters)")
     p.add_argument("--deterministic", action="store_const", const=True, default=None,
                    help="deterministic kernels (slower; same seed gives the same result)")
     p.add_argument("--compile", action="store_const", const=True, default=None,
@@ -95,6 +107,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="append", choices=["train", "val", "test"],
                    help="split(s) to evaluate (default: all)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("augment-preview", parents=[common], help="a picture of original vs augmented samples")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--augment", required=True, metavar="PRESET[,PRESET]")
+    p.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    p.add_argument("--n", type=int, default=32, help="images to show (default 32)")
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("gan", help="class-conditional DCGAN: train a generator, sample images")
+    gsub = p.add_subparsers(dest="gan_command", required=True, parser_class=_Parser)
+    g = gsub.add_parser("train", parents=[common], help="train a generator on a dataset's training split")
+    g.add_argument("--dataset", required=True)
+    g.add_argument("--out", required=True, type=Path, help="folder for the generator, losses, sample grids")
+    g.add_argument("--size", type=int, default=28, help="28, 64 (also 32, 56, 112, 128, 224)")
+    g.add_argument("--epochs", type=int, default=50)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--checkpoints", type=int, default=5, help="evenly spaced saves with a sample grid (default 5)")
+    g.add_argument("--judge-epochs", type=int, default=10,
+                   help="epochs of the real-data classifier behind the quality summary (0: skip it)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto")
+    g = gsub.add_parser("sample", parents=[common], help="write generated images and labels to an npz")
+    g.add_argument("generator", type=Path, help="a `gan train` folder or its generator.safetensors")
+    g.add_argument("--per-class", type=int, required=True)
+    g.add_argument("--out", required=True, type=Path, help=".npz to write (train_images, train_labels)")
+    g.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -106,7 +147,7 @@ def _train_settings(args) -> dict:
     for _, field, _ in TRAIN_FLAGS:
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
-    for key in ("pretrained", "as_rgb", "deterministic", "compile"):
+    for key in ("pretrained", "as_rgb", "no_flip", "deterministic", "compile"):
         if getattr(args, key) is not None:
             settings[key] = True
     settings.update(parse_overrides(args.overrides))
@@ -206,7 +247,36 @@ def _cmd_evaluate(args) -> None:
     print(f"updated {args.run_dir / 'metrics.json'}")
 
 
-COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate}
+def _cmd_augment_preview(args) -> None:
+    from medbench.augment import preview
+    from medbench.data import load_dataset
+
+    ds = load_dataset(args.dataset, args.size, data_dir=args.data_dir, progress=not args.quiet)
+    info = preview(ds, args.augment, args.out, n=args.n, seed=args.seed, no_flip=args.no_flip)
+    print(f"wrote {info['path']}: {info['n']} {ds.name} training images, originals above their "
+          f"'{args.augment}' versions")
+
+
+def _cmd_gan(args) -> None:
+    from medbench.gan import sample_to_npz, train_gan
+
+    if args.gan_command == "sample":
+        info = sample_to_npz(args.generator, args.per_class, args.out, seed=args.seed)
+        print(f"wrote {info['path']}: {info['n']} images ({args.per_class} per class: {', '.join(info['classes'])}), "
+              f"{info['channels']} x {info['size']} px, keys train_images / train_labels")
+        return
+    res = train_gan(args.dataset, args.out, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
+                    lr=args.lr, seed=args.seed, device=args.device, checkpoints=args.checkpoints,
+                    judge_epochs=args.judge_epochs, data_dir=args.data_dir, quiet=args.quiet)
+    q = res["quality"]
+    tail = "" if q is None else (f"; generated images classified as intended: {q['generated_as_intended_mean']:.3f} "
+                                 f"(judge test acc {q['judge']['test_acc']:.3f}, quality.json)")
+    print(f"generator in {res['generator']} after {res['epochs']} epochs ({res['seconds']:.0f} s); samples/, "
+          f"losses.csv{tail}")
+
+
+COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
+            "augment-preview": _cmd_augment_preview, "gan": _cmd_gan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medbench.errors import MedbenchError
 
@@ -41,6 +41,19 @@ class RunConfig(BaseModel):
     backbone_lr_scale: float = Field(1.0, gt=0, description="backbone lr = lr x this (head at lr)")
     ordinal_loss: Literal["ce", "corn"] = "ce"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # augmentation and synthetic data: the training split only
+    augment: str | list[str | dict[str, Any]] = Field(
+        "none", description="preset name, 'a,b', or a list of names and {name: ..., option: value} mappings "
+                            "applied in order (see `medbench.augment.PRESETS`)")
+    no_flip: bool = Field(False, description="never flip (anatomy where laterality matters)")
+    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) alpha; 0 = off")
+    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) alpha; 0 = off (with mixup: one per batch)")
+    synthetic: str | None = Field(None, description="generator (`medbench gan train` output) or samples .npz "
+                                                    "whose images are added to the training split")
+    synthetic_ratio: float = Field(1.0, gt=0, description="synthetic images per real training image")
+    synthetic_cap: float = Field(1.0, gt=0, description="largest synthetic_ratio accepted")
+    synthetic_classes: Literal["match", "balance"] = Field(
+        "match", description="match: the real class mix; balance: fill the rarest classes first")
     # optimisation
     recipe: str | None = None
     epochs: int = Field(100, ge=1)
@@ -70,6 +83,24 @@ class RunConfig(BaseModel):
         if v is not None and any(x <= 0 for x in ([v] if isinstance(v, (int, float)) else v)):
             raise ValueError("every norm_std value must be > 0")
         return v
+
+    @field_validator("augment")
+    @classmethod
+    def _known_presets(cls, v):
+        from medbench.augment import parse_spec
+
+        try:
+            parse_spec(v)
+        except MedbenchError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _synthetic_capped(self):
+        if self.synthetic and self.synthetic_ratio > self.synthetic_cap:
+            raise ValueError(f"synthetic_ratio {self.synthetic_ratio} exceeds synthetic_cap {self.synthetic_cap} "
+                             f"(synthetic images would outnumber the cap); raise synthetic_cap deliberately if meant")
+        return self
 
 
 RECIPES: dict[str, dict[str, Any]] = {

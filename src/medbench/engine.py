@@ -123,8 +123,11 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
 
 def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep: Preprocess,
                     precision: Precision, batch_size: int, generator: torch.Generator, bar=None,
-                    dist: Dist = Dist()) -> dict:
+                    dist: Dist = Dist(), augment=None, mix=None) -> dict:
     """One pass over ``split``; returns the mean loss and the (augmented, train-mode) scores and labels.
+
+    ``augment`` maps each uint8 batch to an augmented uint8 batch; ``mix`` (a :class:`medbench.augment.BatchMix`)
+    mixes the normalised batch and the loss.
 
     Under data parallelism each rank sees its share of every batch; loss and throughput cover all ranks,
     scores and labels are this rank's.
@@ -135,9 +138,16 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
     scores, labels = [], []
     start = time.perf_counter()
     for x, y in iterate_batches(split, batch_size, shuffle=True, generator=generator, shard=(dist.rank, dist.world)):
+        if augment is not None:
+            x = augment(x)
+        x = prep(x)
+        if mix:
+            x, partner, lam = mix(x, y)
         with precision.autocast():
-            logits = model(prep(x))
+            logits = model(x)
         loss = task.loss(logits, y)
+        if mix:
+            loss = lam * loss + (1 - lam) * task.loss(logits, partner)
         opt.zero_grad(set_to_none=True)
         if precision.scaler is not None:
             precision.scaler.scale(loss).backward()

@@ -34,3 +34,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def save_image_grid(images, path: str | os.PathLike, per_row: int, scale: int = 2) -> None:
+    """uint8 ``[N, C, H, W]`` -> a PNG grid (``per_row`` images a row, white gaps, enlarged ``scale`` times)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.cpu(), nrow=per_row, padding=2, pad_value=255)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")

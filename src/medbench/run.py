@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from medbench.augment import BatchMix, build_augment
 from medbench.config import PROVENANCE_KEY, RunConfig, dump_config, load_config, resolve_config
 from medbench.data import SPLITS, ImageDataset, load_dataset
 from medbench.data.loader import Preprocess
@@ -151,6 +152,15 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     prep = _preprocess(cfg, ds)
     splits = _on_device(ds, device)
+    synthetic = None
+    if cfg.synthetic:  # generated images join the training split only; evaluation reloads the real data
+        from medbench.gan import synthetic_split
+
+        synth_split, synthetic = synthetic_split(cfg, ds, device)
+        splits["train"] = type(synth_split)(torch.cat([splits["train"].images, synth_split.images]),
+                                            torch.cat([splits["train"].labels, synth_split.labels]))
+    augment = build_augment(cfg.augment, no_flip=cfg.no_flip)
+    mix = BatchMix(cfg.mixup, cfg.cutmix)
     train_split, val_split = splits["train"], splits["val"]
     spe = steps_per_epoch(len(train_split), cfg.batch_size, dist.world)
     opt = build_optimizer(cfg, model)
@@ -160,6 +170,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": str(device),
                   "precision": precision.name, "world_size": dist.world,
                   **({"weights_source": model.weights_source} if getattr(model, "weights_source", None) else {}),
+                  **({"synthetic": synthetic} if synthetic else {}),
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +185,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
             for epoch in range(1, cfg.epochs + 1):
                 lr = opt.param_groups[0]["lr"]
                 tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen, bar,
-                                     dist)
+                                     dist, augment=augment, mix=mix)
                 if not math.isfinite(tr["loss"]):
                     raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}; lower --lr or check "
                                         f"the data. Last good weights are in {out / WEIGHTS}")

@@ -186,12 +186,12 @@ def read_npz(path: str | os.PathLike, name: str, size: int | None = None) -> Ima
                 images, labels = npz[f"{s}_images"], npz[f"{s}_labels"]
             except Exception as e:  # noqa: BLE001 - a damaged member fails in zlib, zipfile or numpy's header parser
                 raise _fail(path, f"array {s}_images/{s}_labels cannot be read ({type(e).__name__}: {e}); {fix}") from e
-            splits[s] = _to_split(path, s, images, labels, task, classes, info["n_channels"], size)
+            splits[s] = arrays_to_split(path, s, images, labels, task, classes, info["n_channels"], size)
     return ImageDataset(name=name, task=task, class_names=classes, splits=splits,
                         size=splits["train"].images.shape[-1], source=str(path))
 
 
-def _to_split(path, s, images, labels, task, classes, n_channels, size) -> Split:
+def arrays_to_split(path, s, images, labels, task, classes, n_channels, size) -> Split:
     if images.dtype != np.uint8:
         raise _fail(path, f"{s}_images has dtype {images.dtype}, expected uint8")
     if images.ndim == 3:

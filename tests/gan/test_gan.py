@@ -1,0 +1,115 @@
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from medbench.cli import main
+from medbench.errors import MedbenchError
+from medbench.gan import Discriminator, Generator, load_generator
+from medbench.gan.synthetic import class_counts
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (28, 3), (64, 1), (64, 3), (32, 1)])
+def test_generator_and_discriminator_fit_the_image_size(size, channels):
+    g, d = Generator(3, channels, size), Discriminator(3, channels, size)
+    y = torch.tensor([0, 1, 2, 1])
+    img = g(torch.randn(4, 100), y)
+    assert img.shape == (4, channels, size, size) and img.min() >= -1 and img.max() <= 1
+    assert d(img, y).shape == (4,)
+    convs = [m.weight for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert all(abs(w.std().item() - 0.02) < 0.003 for w in convs)  # DCGAN initialisation N(0, 0.02)
+    assert isinstance(g.net[-1], torch.nn.Tanh)
+    assert any(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2 for m in d.modules())
+
+
+def test_unsupported_size_is_a_clear_error():
+    with pytest.raises(MedbenchError, match="30 px is not one: train it at --size 28 or 64"):
+        Generator(2, 1, 30)
+
+
+def test_the_label_steers_the_generator():
+    g = Generator(2, 1, 28).eval()
+    z = torch.randn(8, 100)
+    assert not torch.allclose(g(z, torch.zeros(8, dtype=torch.long)), g(z, torch.ones(8, dtype=torch.long)))
+
+
+def test_class_counts_match_or_balance():
+    real = torch.tensor([0] * 30 + [1] * 10)
+    assert class_counts(real, 2, 20, "match") == [15, 5]
+    assert class_counts(real, 2, 30, "balance") == [5, 25]  # 35 / 35
+    assert sum(class_counts(torch.tensor([0, 1, 2]), 3, 7, "match")) == 7
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory, medmnist_dir):
+    out = tmp_path_factory.mktemp("gan") / "G"
+    assert main(["gan", "train", "--dataset", "breastmnist", "--epochs", "2", "--judge-epochs", "2", "--out", str(out),
+                 "--data-dir", str(medmnist_dir), "--quiet"]) == 0
+    return out
+
+
+def test_gan_train_writes_generator_losses_grids_and_quality(generator_dir):
+    grid = Image.open(generator_dir / "samples" / "epoch_0002.png")
+    assert grid.size == (2 * (8 * 30 + 2), 2 * (2 * 30 + 2))  # 8 per row, one row per class (2), x2
+    rows = list(csv.DictReader(open(generator_dir / "losses.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and all(np.isfinite(float(r["loss_d"])) for r in rows)
+    g, info = load_generator(generator_dir)
+    assert info["dataset"] == "breastmnist" and info["size"] == 28 and info["epoch"] == 2
+    assert info["class_names"] == ["malignant", "normal, benign"]
+    q = yaml.safe_load((generator_dir / "quality.json").read_text())
+    assert set(q["per_class"]) == {"malignant", "normal, benign"}
+    assert all(0 <= v["generated_as_intended"] <= 1 for v in q["per_class"].values())
+    assert 0.5 < q["judge"]["test_acc"] <= 1
+
+
+def test_gan_sample_writes_medmnist_like_npz(generator_dir, tmp_path, capsys):
+    out = tmp_path / "samples.npz"
+    assert main(["gan", "sample", str(generator_dir), "--per-class", "10", "--out", str(out)]) == 0
+    with np.load(out, allow_pickle=False) as d:
+        assert d["train_images"].shape == (20, 28, 28) and d["train_images"].dtype == np.uint8
+        assert d["train_labels"].shape == (20, 1) and sorted(np.unique(d["train_labels"])) == [0, 1]
+        assert d["train_images"].std() > 1
+    assert "20 images (10 per class" in capsys.readouterr().out
+    again = tmp_path / "again.npz"
+    main(["gan", "sample", str(generator_dir / "generator.safetensors"), "--per-class", "10", "--out", str(again)])
+    with np.load(out) as a, np.load(again) as b:
+        assert np.array_equal(a["train_images"], b["train_images"])  # seeded
+
+
+def test_training_with_synthetic_images_records_the_generator(generator_dir, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "breastmnist", "--model", "cnn5", "--epochs", "1", "--synthetic",
+                 str(generator_dir), "--synthetic-ratio", "0.5", "--out", str(run), "--quiet"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["synthetic"] == str(generator_dir) and saved["synthetic_ratio"] == 0.5
+    rec = saved["provenance"]["synthetic"]
+    assert rec["sha256"] == hashlib.sha256((generator_dir / "generator.safetensors").read_bytes()).hexdigest()
+    assert rec["count"] == 273 and rec["per_class"] == {"malignant": 74, "normal, benign": 199}  # 546 x 0.5, real mix
+    metrics = yaml.safe_load((run / "metrics.json").read_text())
+    assert [metrics[s]["n"] for s in ("train", "val", "test")] == [546, 78, 156]  # evaluation sees real data only
+
+
+def test_synthetic_from_a_samples_file_and_its_limits(generator_dir, tmp_path, capsys):
+    samples = tmp_path / "s.npz"
+    main(["gan", "sample", str(generator_dir), "--per-class", "10", "--out", str(samples)])
+    capsys.readouterr()
+    ok = ["train", "--dataset", "breastmnist", "--model", "cnn5", "--epochs", "1", "--synthetic", str(samples),
+          "--synthetic-ratio", "0.01", "--quiet"]
+    assert main(ok + ["--out", str(tmp_path / "r")]) == 0  # 5 images: 1 malignant, 4 benign
+    rec = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["provenance"]["synthetic"]
+    assert rec["count"] == 5
+    for argv, fragment in [
+        (["--synthetic-ratio", "0.5"], "holds 10 images of class 0, the run needs 74"),
+        (["--synthetic-ratio", "2"], "synthetic_ratio 2.0 exceeds synthetic_cap 1.0"),
+        (["--dataset", "retinamnist"], "s.npz: train_images has 1 channel(s), the catalogue says 3"),
+    ]:
+        assert main(ok + argv + ["--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], err
+    assert main(ok + ["--dataset", "retinamnist", "--synthetic", str(generator_dir), "--out", str(tmp_path / "b")]) == 2
+    assert "makes 1-channel 28 px images of breastmnist (2 classes)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "b").exists()  # nothing written on a bad start
