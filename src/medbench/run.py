@@ -1,7 +1,6 @@
 """A training run and its directory: config.yaml, model.safetensors, history.csv, metrics.json, predictions/, tb/."""
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -23,7 +22,7 @@ from medbench.engine import (Precision, build_optimizer, build_scheduler, predic
                              seed_everything, steps_per_epoch, train_one_epoch)
 from medbench import distributed
 from medbench.errors import MedbenchError
-from medbench.fileio import atomic_path, write_json, write_text
+from medbench.fileio import atomic_path, write_csv, write_json, write_text
 from medbench.metrics import compute_metrics
 from medbench.models import create_model
 from medbench.progress import console, progress_bar
@@ -115,14 +114,6 @@ def write_predictions(path: Path, scores: np.ndarray) -> None:
     write_text(path, buf.getvalue())
 
 
-def _write_history(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -208,7 +199,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                                       str(tmp), metadata={"model": cfg.model, "epoch": str(epoch)})
                 if dist.is_main:
-                    _write_history(out / HISTORY, history)
+                    write_csv(out / HISTORY, history)
                 bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
                 if not quiet:
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {tr['loss']:.4f}  val auc {_fmt(val['auc'])}"

@@ -8,9 +8,12 @@ import yaml
 from PIL import Image
 
 from medbench.cli import main
+from medbench.data import read_npz
 from medbench.errors import MedbenchError
-from medbench.gan import Discriminator, Generator, load_generator
+from medbench.gan import Discriminator, Generator, load_generator, train_gan
 from medbench.gan.synthetic import class_counts
+from medbench.run import train
+from conftest import make_npz
 
 
 @pytest.mark.parametrize("size, channels", [(28, 1), (28, 3), (64, 1), (64, 3), (32, 1)])
@@ -113,3 +116,23 @@ def test_synthetic_from_a_samples_file_and_its_limits(generator_dir, tmp_path, c
     assert main(ok + ["--dataset", "retinamnist", "--synthetic", str(generator_dir), "--out", str(tmp_path / "b")]) == 2
     assert "makes 1-channel 28 px images of breastmnist (2 classes)" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists() and not (tmp_path / "b").exists()  # nothing written on a bad start
+
+
+def test_gan_on_generated_rgb_64px_multiclass_data_and_balanced_synthetic_training(tmp_path):
+    ds = read_npz(make_npz(tmp_path / "dermamnist.npz", n=(70, 20, 30), size=64, channels=3, num_classes=7),
+                  "dermamnist")
+    res = train_gan(ds, tmp_path / "G", epochs=1, batch_size=32, judge_epochs=1, quiet=True)
+    grid = Image.open(tmp_path / "G" / "samples" / "epoch_0001.png")
+    assert grid.size == (2 * (8 * 66 + 2), 2 * (7 * 66 + 2)) and grid.mode == "RGB"
+    assert len(res["quality"]["per_class"]) == 7
+    cfg = {"dataset": "dermamnist", "size": 64, "model": "cnn5", "epochs": 1, "synthetic": str(tmp_path / "G"),
+           "synthetic_classes": "balance"}
+    run = train(cfg, tmp_path / "run", dataset=ds, quiet=True)
+    rec = yaml.safe_load((run / "config.yaml").read_text())["provenance"]["synthetic"]
+    assert rec["count"] == 70 and set(rec["per_class"].values()) == {10}
+
+
+def test_multilabel_data_is_refused_with_a_reason(tmp_path):
+    ds = read_npz(make_npz(tmp_path / "chestmnist.npz", num_classes=14, multilabel=True), "chestmnist")
+    with pytest.raises(MedbenchError, match="chestmnist is a multilabel dataset; the conditional GAN needs one class"):
+        train_gan(ds, tmp_path / "G", epochs=1, quiet=True)

@@ -7,7 +7,6 @@ generated ones to their intended class).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -23,7 +22,7 @@ from safetensors.torch import save_file
 from medbench.data import ImageDataset, load_dataset
 from medbench.engine import resolve_device, seed_everything
 from medbench.errors import MedbenchError
-from medbench.fileio import atomic_path, save_image_grid, write_json, write_text
+from medbench.fileio import atomic_path, save_image_grid, write_csv, write_json, write_text
 from medbench.gan.model import Discriminator, Generator
 from medbench.progress import console, progress_bar
 
@@ -177,7 +176,7 @@ def train_gan(dataset: str | ImageDataset, out: str | Path, *, size: int = 28, e
             ld, lg, dx, dgz = (sums / steps).tolist()
             rows.append({"epoch": epoch, "loss_d": round(ld, 5), "loss_g": round(lg, 5), "d_real": round(dx, 4),
                          "d_fake": round(dgz, 4), "seconds": round(time.perf_counter() - t0, 2)})
-            _write_csv(out / LOSSES, rows)
+            write_csv(out / LOSSES, rows)
             bar.set(f"loss D {ld:.3f} G {lg:.3f}")
             if epoch in save_at:
                 g.eval()
@@ -191,14 +190,6 @@ def train_gan(dataset: str | ImageDataset, out: str | Path, *, size: int = 28, e
         else None
     return {"generator": str(out / GENERATOR), "epochs": epochs, "seconds": round(time.perf_counter() - t0, 1),
             "quality": summary}
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
 
 
 def quality(generator_dir: str | Path, ds: ImageDataset, *, epochs: int = 10, per_class: int = 200, seed: int = 0,
