@@ -121,9 +121,9 @@ def test_cutmix_pastes_a_box_whose_area_sets_the_weight():
 
 def test_training_with_augmentation_and_mixing_records_it_and_changes_the_run(tmp_path, medmnist_dir):
     base = {"dataset": "breastmnist", "model": "cnn5", "epochs": 1, "seed": 0, "deterministic": True}
-    train(base, tmp_path / "plain", quiet=True)
+    train(base, tmp_path / "plain", quiet=True, report=False)
     train({**base, "augment": "basic,trivialaugment", "mixup": 0.2, "cutmix": 1.0, "no_flip": True},
-          tmp_path / "aug", quiet=True)
+          tmp_path / "aug", quiet=True, report=False)
     saved = yaml.safe_load((tmp_path / "aug" / "config.yaml").read_text())
     assert saved["augment"] == "basic,trivialaugment" and saved["mixup"] == 0.2 and saved["no_flip"] is True
     loss = [float((tmp_path / r / "history.csv").read_text().splitlines()[1].split(",")[2]) for r in ("plain", "aug")]

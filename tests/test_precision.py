@@ -16,7 +16,8 @@ MODEL = "resnet18" if cpu_has_native_bf16() else "cnn5"
 def _val_aucs(tmp_path, settings, precision, seeds):
     out = []
     for seed in seeds:
-        run = train({**settings, "model": MODEL, "precision": precision, "seed": seed}, tmp_path / f"{precision}-{seed}", quiet=True)
+        run = train({**settings, "model": MODEL, "precision": precision, "seed": seed},
+                    tmp_path / f"{precision}-{seed}", quiet=True, report=False)
         cfg = (run / "config.yaml").read_text()
         assert f"precision: {precision}" in cfg  # the run recorded what it used
         out.append(json.loads((run / "metrics.json").read_text())["val"]["auc"])

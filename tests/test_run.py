@@ -35,7 +35,8 @@ def breast_run(tmp_path_factory, medmnist_dir):
 
 def test_run_directory_holds_every_file(breast_run):
     names = {p.name for p in breast_run.iterdir()}
-    assert {"config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions", "tb"} <= names
+    assert {"config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions", "tb",
+            "report.html"} <= names
     assert {p.name for p in (breast_run / "predictions").iterdir()} == {"train.csv", "val.csv", "test.csv"}
     assert list((breast_run / "tb").glob("events.out.tfevents.*"))
     assert not list(breast_run.rglob("*.tmp"))  # atomic writes leave nothing behind
@@ -43,7 +44,7 @@ def test_run_directory_holds_every_file(breast_run):
     assert list(history["epoch"]) == [1, 2]
     assert {"lr", "train_loss", "val_loss", "val_acc", "val_auc", "seconds", "images_per_s"} <= set(history.columns)
     metrics = json.loads((breast_run / "metrics.json").read_text())
-    assert list(metrics) == ["train", "val", "test"]
+    assert list(metrics) == ["train", "val", "test", "gap", "threshold", "evaluation"]
     for split, n in [("train", 546), ("val", 78), ("test", 156)]:
         assert {"acc", "auc", "loss"} <= set(metrics[split]) and metrics[split]["n"] == n
         assert 0 <= metrics[split]["acc"] <= 1 and 0 <= metrics[split]["auc"] <= 1 and metrics[split]["loss"] > 0
@@ -70,14 +71,15 @@ def test_evaluate_reproduces_metrics_json(breast_run, capsys):
     printed = json.loads(capsys.readouterr().out)
     after = json.loads((breast_run / "metrics.json").read_text())
     assert printed == after
-    for split in before:
+    for split in ("train", "val", "test"):
         for key in ("acc", "auc", "loss"):
             assert after[split][key] == pytest.approx(before[split][key], abs=1e-6)
     np.testing.assert_allclose(np.loadtxt(breast_run / "predictions" / "test.csv", delimiter=","),
                                np.loadtxt(preds_before.splitlines(), delimiter=","), atol=1e-6)
     # one split only: the others are kept
     assert main(["evaluate", str(breast_run), "--split", "val", "--quiet"]) == 0
-    assert set(json.loads((breast_run / "metrics.json").read_text())) == {"train", "val", "test"}
+    assert set(json.loads((breast_run / "metrics.json").read_text())) == {"train", "val", "test", "gap", "threshold",
+                                                                          "evaluation"}
 
 
 def test_saved_config_reproduces_the_run_settings(breast_run, tmp_path):
@@ -146,7 +148,7 @@ def test_deterministic_runs_repeat_exactly_and_seeds_differ(tmp_path):
 
     ds = read_npz(make_npz(tmp_path / "dermamnist.npz", channels=3, num_classes=7), "dermamnist")
     settings = {"dataset": "dermamnist", "epochs": 2, "batch_size": 16, "deterministic": True}
-    runs = [train({**settings, "seed": seed}, tmp_path / f"run{i}", dataset=ds, quiet=True)
+    runs = [train({**settings, "seed": seed}, tmp_path / f"run{i}", dataset=ds, quiet=True, report=False)
             for i, seed in enumerate([3, 3, 4])]
     a, b, c = (json.loads((r / "metrics.json").read_text()) for r in runs)
     assert a == b and a != c
@@ -156,7 +158,7 @@ def test_deterministic_runs_repeat_exactly_and_seeds_differ(tmp_path):
 
 @pytest.mark.slow
 def test_pneumoniamnist_run_agrees_with_the_official_evaluator(tmp_path, medmnist_dir):
-    out = train({"dataset": "pneumoniamnist", "epochs": 1, "batch_size": 128}, tmp_path / "p", quiet=True)
+    out = train({"dataset": "pneumoniamnist", "epochs": 1, "batch_size": 128}, tmp_path / "p", quiet=True, report=False)
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("train", "val", "test"):
         official = Evaluator("pneumoniamnist", split, root=str(medmnist_dir)).evaluate(

@@ -59,6 +59,10 @@ TRAIN_FLAGS = [
     ("--synthetic-ratio", "synthetic_ratio", dict(type=float, metavar="R",
                                                   help="synthetic images per real training image (default 1, cap "
                                                        "synthetic_cap = 1)")),
+    ("--keep-checkpoints", "keep_checkpoints", dict(type=int, metavar="K",
+                                                    help="keep the K best epochs' weights (for --ensemble)")),
+    ("--ensemble", "ensemble", dict(type=int, metavar="K", help="evaluate the mean of the K best checkpoints")),
+    ("--bootstrap", "bootstrap", dict(type=int, metavar="B", help="bootstrap resamples for 95 %% CIs (0 = none)")),
     ("--seed", "seed", dict(type=int)),
     ("--device", "device", dict(help="auto, cpu, cuda or cuda:N")),
     ("--precision", "precision", dict(choices=["auto", "fp32", "bf16", "fp16"])),
@@ -95,10 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat grey images to 3 channels")
     p.add_argument("--no-flip", dest="no_flip", action="store_const", const=True, default=None,
                    help="augmentation never flips (anatomy where laterality matters)")
+    p.add_argument("--tta", action="store_const", const=True, default=None,
+                   help="evaluate with horizontally flipped views averaged in")
     p.add_argument("--deterministic", action="store_const", const=True, default=None,
                    help="deterministic kernels (slower; same seed gives the same result)")
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the model (slower first epoch, faster after)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html (and the TensorBoard figures)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set milestones=[0.5,0.75] (repeatable)")
 
@@ -106,7 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", action="append", choices=["train", "val", "test"],
                    help="split(s) to evaluate (default: all)")
+    p.add_argument("--bootstrap", type=int, nargs="?", const=1000, metavar="B",
+                   help="95 %% percentile CIs of every metric from B resamples (default 1000 when given)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--ensemble", type=int, metavar="K", help="average the K best kept checkpoints")
+    p.add_argument("--tta", action="store_true", default=None, help="average with horizontally flipped views")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("compare", parents=[common],
+                       help="paired comparison of two runs on the same test set (bootstrap CI, p-value, DeLong)")
+    p.add_argument("run_a", type=Path)
+    p.add_argument("run_b", type=Path)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="paired resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
+    p.add_argument("run_dir", type=Path)
 
     p = sub.add_parser("augment-preview", parents=[common], help="a picture of original vs augmented samples")
     p.add_argument("--dataset", required=True)
@@ -147,7 +171,7 @@ def _train_settings(args) -> dict:
     for _, field, _ in TRAIN_FLAGS:
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
-    for key in ("pretrained", "as_rgb", "no_flip", "deterministic", "compile"):
+    for key in ("pretrained", "as_rgb", "no_flip", "tta", "deterministic", "compile"):
         if getattr(args, key) is not None:
             settings[key] = True
     settings.update(parse_overrides(args.overrides))
@@ -223,7 +247,7 @@ def _cmd_train(args) -> None:
     from medbench.run import METRICS, train
 
     cfg = resolve_config(_train_settings(args), where="train")
-    out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet)
+    out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet, report=not args.no_report)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary line per run, from rank 0
     test = json.loads((out / METRICS).read_text())["test"]
@@ -232,19 +256,67 @@ def _cmd_train(args) -> None:
           f"(metrics.json, predictions/, history.csv, model.safetensors, tb/)")
 
 
-def _cmd_evaluate(args) -> None:
-    from medbench.run import evaluate
+def _with_ci(rec: dict, key: str) -> str:
+    v, ci = rec.get(key), rec.get(f"{key}_ci")
+    text = "n/a" if v is None else f"{v:.4f}"
+    return text + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
 
-    metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet)
+
+def _cmd_evaluate(args) -> None:
+    from medbench.run import SPLITS, evaluate
+
+    metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet, ensemble=args.ensemble,
+                       tta=args.tta, bootstrap=args.bootstrap, seed=args.seed)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
-    for split, rec in metrics.items():
-        auc = "n/a" if rec["auc"] is None else f"{rec['auc']:.4f}"
-        print(f"{split:<6} acc {rec['acc']:.4f}  auc {auc}  loss {rec['loss']:.4f}  n {rec['n']}")
-    print(f"updated {args.run_dir / 'metrics.json'}")
+    for split in SPLITS:
+        rec = metrics.get(split)
+        if rec is None or (args.split and split not in args.split):
+            continue
+        line = f"{split:<6} acc {_with_ci(rec, 'acc')}  auc {_with_ci(rec, 'auc')}  f1 {_with_ci(rec, 'f1_macro')}"
+        if "at_youden" in rec:
+            line += f"  (acc {rec['at_youden']['acc']:.4f} at threshold {rec['at_youden']['threshold']:.3f})"
+        print(line + f"  n {rec['n']}")
+    if metrics.get("gap"):
+        gap = metrics["gap"]
+        print("gap    train - test: acc " + ("n/a" if gap["acc"] is None else f"{gap['acc']:+.4f}")
+              + "  auc " + ("n/a" if gap["auc"] is None else f"{gap['auc']:+.4f}"))
+    ev = metrics["evaluation"]
+    print(f"updated {args.run_dir / 'metrics.json'} (ensemble {ev['ensemble']}, tta {'on' if ev['tta'] else 'off'}, "
+          f"bootstrap {ev['bootstrap'] or 'off'})")
+
+
+def _cmd_compare(args) -> None:
+    from medbench.compare import compare_runs
+
+    res = compare_runs(args.run_a, args.run_b, split=args.split, replicates=args.bootstrap, seed=args.seed,
+                       data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"{res['run_a']} vs {res['run_b']} on {res['dataset']} {res['split']} (n {res['n']}, "
+          f"{res['replicates']} paired resamples)")
+    for key in ("auc", "acc"):
+        r = res[key]
+        if r["diff"] is None:
+            print(f"{key}: undefined")
+            continue
+        print(f"{key}  A {r['value_a']:.4f}  B {r['value_b']:.4f}  A - B {r['diff']:+.4f} "
+              f"[{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]  p {r['p_value']:.4g}")
+    if res.get("delong"):
+        d = res["delong"]
+        z = "n/a (zero variance)" if d["z"] is None else f"{d['z']:.3f}"
+        print(f"DeLong: AUC difference {d['diff']:+.4f}, z {z}, p {d['p_value']:.4g}")
+
+
+def _cmd_report(args) -> None:
+    from medbench.report import write_run_report
+
+    path = write_run_report(args.run_dir, data_dir=args.data_dir, quiet=args.quiet)
+    print(f"wrote {path}")
 
 
 def _cmd_augment_preview(args) -> None:
@@ -276,6 +348,7 @@ def _cmd_gan(args) -> None:
 
 
 COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
+            "compare": _cmd_compare, "report": _cmd_report,
             "augment-preview": _cmd_augment_preview, "gan": _cmd_gan}
 
 

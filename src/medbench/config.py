@@ -67,6 +67,12 @@ class RunConfig(BaseModel):
     milestones: list[float] = Field([0.5, 0.75], description="multistep: fractions of training where lr *= gamma")
     gamma: float = Field(0.1, gt=0)
     select_metric: Literal["auc", "acc", "loss"] = Field("auc", description="validation metric that picks the epoch")
+    # evaluation of the finished run (`medbench evaluate` flags override them)
+    keep_checkpoints: int = Field(0, ge=0, description="keep the K best epochs' weights (by select_metric) in "
+                                                       "checkpoints/, for ensembles")
+    ensemble: int = Field(1, ge=1, description="average the probabilities of the K best kept checkpoints")
+    tta: bool = Field(False, description="average each image's prediction with its horizontal flip")
+    bootstrap: int = Field(0, ge=0, description="resamples of each split for 95 % CIs of every metric (0 = none)")
     # reproducibility and hardware
     seed: int = 0
     deterministic: bool = False
@@ -94,6 +100,15 @@ class RunConfig(BaseModel):
         except MedbenchError as e:
             raise ValueError(str(e)) from None
         return v
+
+    @model_validator(mode="after")
+    def _ensemble_kept(self):
+        if self.ensemble > 1 and self.keep_checkpoints < self.ensemble:
+            raise ValueError(f"ensemble {self.ensemble} needs keep_checkpoints >= {self.ensemble} "
+                             f"(got {self.keep_checkpoints}): use --keep-checkpoints {self.ensemble}")
+        if self.tta and self.no_flip:
+            raise ValueError("tta averages horizontally flipped views, but no_flip says flips are not valid here")
+        return self
 
     @model_validator(mode="after")
     def _synthetic_capped(self):

@@ -23,12 +23,16 @@ from medbench.engine import (Precision, build_optimizer, build_scheduler, predic
 from medbench import distributed
 from medbench.errors import MedbenchError
 from medbench.fileio import atomic_path, write_csv, write_json, write_text
-from medbench.metrics import compute_metrics
+from medbench.metrics import bootstrap_metrics, compute_metrics, youden_threshold
 from medbench.models import create_model
 from medbench.progress import console, progress_bar
 from medbench.tasks import Task, make_task
 
 CONFIG, WEIGHTS, METRICS, HISTORY = "config.yaml", "model.safetensors", "metrics.json", "history.csv"
+CHECKPOINTS, CHECKPOINT_INDEX = "checkpoints", "index.json"
+# metrics also reported at the validation-chosen (Youden) threshold of binary tasks
+YOUDEN_KEYS = ("threshold", "acc", "balanced_acc", "sensitivity", "specificity", "precision_macro", "recall_macro",
+               "f1_macro", "f1_weighted", "confusion_matrix")
 
 
 def _versions() -> dict[str, str]:
@@ -114,17 +118,61 @@ def write_predictions(path: Path, scores: np.ndarray) -> None:
     write_text(path, buf.getvalue())
 
 
+def _save_weights(model: torch.nn.Module, path: Path, cfg: RunConfig, epoch: int) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"model": cfg.model, "epoch": str(epoch)})
+
+
+class KeptCheckpoints:
+    """The K best epochs' weights by validation score in ``checkpoints/``, listed best first in index.json.
+
+    A new file is written and the index updated before a displaced file is deleted, so the index never names
+    a missing file."""
+
+    def __init__(self, run_dir: Path, k: int):
+        self.folder, self.k, self.entries = Path(run_dir) / CHECKPOINTS, k, []
+
+    def offer(self, model: torch.nn.Module, cfg: RunConfig, epoch: int, score: float) -> None:
+        if self.k == 0 or (len(self.entries) == self.k and score <= self.entries[-1]["_score"]):
+            return
+        name = f"epoch_{epoch:04d}.safetensors"
+        _save_weights(model, self.folder / name, cfg, epoch)
+        self.entries.append({"epoch": epoch, "file": name, "_score": score,
+                             f"val_{cfg.select_metric}": None if not math.isfinite(score) else
+                             (-score if cfg.select_metric == "loss" else score)})
+        self.entries.sort(key=lambda e: (-e["_score"], e["epoch"]))
+        dropped = self.entries[self.k:]
+        self.entries = self.entries[:self.k]
+        write_json(self.folder / CHECKPOINT_INDEX, [{k: v for k, v in e.items() if k != "_score"}
+                                                    for e in self.entries])
+        for e in dropped:
+            (self.folder / e["file"]).unlink(missing_ok=True)
+
+
+def kept_checkpoints(run_dir: Path, k: int) -> list[Path]:
+    """The files of the ``k`` best kept checkpoints, best first; a clear error when fewer were kept."""
+    index = Path(run_dir) / CHECKPOINTS / CHECKPOINT_INDEX
+    entries = json.loads(index.read_text()) if index.is_file() else []
+    if len(entries) < k:
+        raise MedbenchError(f"{run_dir} kept {len(entries)} checkpoint(s) but --ensemble {k} needs {k}: retrain with "
+                            f"--keep-checkpoints {k}")
+    return [index.parent / e["file"] for e in entries[:k]]
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
 def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None, quiet: bool = False,
-          dataset: ImageDataset | None = None, on_epoch: Callable[[dict], bool] | None = None) -> Path:
+          dataset: ImageDataset | None = None, on_epoch: Callable[[dict], bool] | None = None,
+          report: bool = True) -> Path:
     """Train one run into ``out`` and evaluate its best epoch on every split. Returns the run directory.
 
     ``dataset`` lets library users pass an :class:`ImageDataset` they built; otherwise ``config.dataset``
     is loaded from the data root. ``on_epoch`` is called after every epoch with the history row plus
     ``best_epoch``, ``is_best``, ``model`` and ``train_seconds``; returning True stops training there.
+    ``report`` writes report.html (and the final ROC and confusion-matrix figures to TensorBoard).
     """
     cfg = config if isinstance(config, RunConfig) else resolve_config(dict(config))
     out = Path(out)
@@ -168,6 +216,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         write_text(out / CONFIG, dump_config(cfg, provenance))
     tb = _tensorboard(out / "tb", enabled=dist.is_main)
     history: list[dict] = []
+    kept = KeptCheckpoints(out, cfg.keep_checkpoints)
     best, best_epoch = -math.inf, 0
     t0 = time.perf_counter()
     train_seconds = 0.0
@@ -195,10 +244,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                 if score > best or best_epoch == 0:  # every rank has the same gathered metrics: same choice
                     best, best_epoch = score, epoch
                     if dist.is_main:
-                        with atomic_path(out / WEIGHTS) as tmp:
-                            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                                      str(tmp), metadata={"model": cfg.model, "epoch": str(epoch)})
+                        _save_weights(model, out / WEIGHTS, cfg, epoch)
                 if dist.is_main:
+                    kept.offer(model, cfg, epoch, score)
                     write_csv(out / HISTORY, history)
                 bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
                 if not quiet:
@@ -214,6 +262,11 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         tb.close()
     dist.barrier()  # rank 0 has written the best weights
     metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
+    if report and dist.is_main:
+        from medbench.report import write_run_report
+
+        _final_figures(out, ds, task)
+        write_run_report(out, dataset=ds, data_dir=data_dir, quiet=quiet)
     if not quiet:
         console.print(f"best epoch {best_epoch} by val {cfg.select_metric}; "
                       f"test auc {_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}; "
@@ -223,6 +276,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
 
 class _NoWriter:
     def add_scalar(self, *args, **kwargs):
+        pass
+
+    def add_figure(self, *args, **kwargs):
         pass
 
     def close(self):
@@ -237,8 +293,28 @@ def _tensorboard(path: Path, enabled: bool):
     return SummaryWriter(str(path))
 
 
-def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: Task, device) -> torch.nn.Module:
-    path = Path(run_dir) / WEIGHTS
+def _final_figures(out: Path, ds: ImageDataset, task: Task) -> None:
+    """The test split's ROC curves and confusion matrix as TensorBoard figures."""
+    from medbench.compare import read_predictions
+    from medbench.report.figures import confusion_figure, roc_figure
+
+    scores = read_predictions(out / "predictions" / "test.csv")
+    labels = ds["test"].labels.numpy()
+    metrics = json.loads((out / METRICS).read_text())["test"]
+    tb = _tensorboard(out / "tb", enabled=True)
+    try:
+        tb.add_figure("test/roc", roc_figure(labels, scores, task.name, ds.class_names))
+        if task.name != "multilabel":
+            tb.add_figure("test/confusion_matrix", confusion_figure(metrics["confusion_matrix"], ds.class_names,
+                                                                    normalize=True))
+    finally:
+        tb.close()
+
+
+def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: Task, device,
+                   weights: Path | None = None) -> torch.nn.Module:
+    """The run's network with its best weights (or the given checkpoint file), on ``device``."""
+    path = weights or Path(run_dir) / WEIGHTS
     if not path.is_file():
         raise MedbenchError(f"{path} not found: the run has no saved weights (did training finish an epoch?)")
     model = build_model(cfg, ds, task, load_weights=False)
@@ -263,16 +339,30 @@ def _preprocess(cfg: RunConfig, ds: ImageDataset) -> Preprocess:
 
 
 def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
-             dataset: ImageDataset | None = None, model: torch.nn.Module | None = None, _tb_best=None) -> dict:
-    """Reload a run's best weights, recompute metrics and predictions for ``splits`` and update metrics.json."""
+             dataset: ImageDataset | None = None, ensemble: int | None = None, tta: bool | None = None,
+             bootstrap: int | None = None, seed: int = 0) -> dict:
+    """Reload a run's best weights, recompute metrics and predictions for ``splits`` and update metrics.json.
+
+    ``ensemble`` (K best kept checkpoints, probabilities averaged), ``tta`` (with horizontal flips) and
+    ``bootstrap`` (resamples for CIs, seeded by ``seed``) default to the run's config. Binary tasks also get
+    metrics at the Youden threshold chosen on validation (``at_youden``); train-minus-test gaps go to ``gap``.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise MedbenchError(f"{run_dir} is not a run directory ({CONFIG} missing)")
     cfg = load_config(run_dir / CONFIG)
+    ensemble = cfg.ensemble if ensemble is None else ensemble
+    tta = cfg.tta if tta is None else tta
+    bootstrap = cfg.bootstrap if bootstrap is None else bootstrap
+    if ensemble < 1 or bootstrap < 0:
+        raise MedbenchError(f"--ensemble must be >= 1 and --bootstrap >= 0 (got {ensemble}, {bootstrap})")
+    if tta and cfg.no_flip:
+        raise MedbenchError(f"{run_dir} was trained with no_flip: flipped views (--tta) are not valid for it")
     splits = list(splits or SPLITS)
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise MedbenchError(f"unknown split {bad[0]!r}; valid: {', '.join(SPLITS)}")
+    members = kept_checkpoints(run_dir, ensemble) if ensemble > 1 else [run_dir / WEIGHTS]
     ds = _dataset(cfg, dataset, data_dir, quiet)
     recorded = _recorded_md5(run_dir)
     if recorded and ds.md5 and recorded != ds.md5:
@@ -280,19 +370,55 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     dist, device = distributed.setup(resolve_device(cfg.device))
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
-    model = load_run_model(run_dir, cfg, ds, task, device)  # always the saved best weights
     prep = _preprocess(cfg, ds)
+    binary = task.name == "binary"
+    needed = [s for s in SPLITS if s in splits or (binary and s == "val")]  # the threshold is chosen on val
+    probs: dict[str, torch.Tensor] = {}
+    single_logits: dict[str, torch.Tensor] = {}
+    views = 2 if tta else 1
+    for path in members:  # one network in memory at a time
+        model = load_run_model(run_dir, cfg, ds, task, device, weights=path)
+        for s in needed:
+            sp = ds[s]
+            for flip in range(views):
+                images = sp.images.flip(-1) if flip else sp.images
+                part = type(sp)(images.to(device), sp.labels.to(device))
+                logits = predict_logits(model, part, prep, precision, cfg.eval_batch_size, dist=dist)
+                p = task.scores(logits).double()
+                probs[s] = p if s not in probs else probs[s] + p
+                if len(members) == 1 and views == 1:
+                    single_logits[s] = logits
+        del model
+    scores = {s: (p / (len(members) * views)).numpy() for s, p in probs.items()}
+    labels = {s: ds[s].labels.numpy() for s in needed}
+    threshold = youden_threshold(labels["val"], scores["val"]) if binary else None
+    setting = {"ensemble": len(members), "tta": tta, "bootstrap": bootstrap,
+               **({"members": [str(p.relative_to(run_dir)) for p in members]} if len(members) > 1 else {})}
     path = run_dir / METRICS
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    metrics = {s: old[s] for s in SPLITS if s in old}
     for s in splits:
-        sp = ds[s]
-        sp = type(sp)(sp.images.to(device), sp.labels.to(device))
-        logits = predict_logits(model, sp, prep, precision, cfg.eval_batch_size, dist=dist)
-        rec, scores = _metric_record(task, sp.labels, logits)
+        rec = compute_metrics(labels[s], scores[s], task.name, class_names=ds.class_names)
+        # the task's own loss for one network; with averaged probabilities, their log-loss
+        rec["loss"] = float(task.loss(single_logits[s], ds[s].labels, smoothing=0.0)) if s in single_logits \
+            else rec["log_loss"]
+        if binary:
+            at = compute_metrics(labels[s], scores[s], task.name, threshold=threshold, class_names=ds.class_names)
+            rec["at_youden"] = {k: at[k] for k in YOUDEN_KEYS if k in at}
+        if bootstrap:
+            rec.update(bootstrap_metrics(labels[s], scores[s], task.name, replicates=bootstrap, seed=seed))
+        rec["evaluation"] = setting
         if dist.is_main:
-            write_predictions(run_dir / "predictions" / f"{s}.csv", scores)
+            write_predictions(run_dir / "predictions" / f"{s}.csv", scores[s])
         metrics[s] = rec
-    metrics = {s: metrics[s] for s in SPLITS if s in metrics}
+    tr, te = metrics.get("train"), metrics.get("test")
+    if tr and te and tr.get("evaluation") == te.get("evaluation"):
+        metrics["gap"] = {k: None if tr[k] is None or te[k] is None else tr[k] - te[k] for k in ("acc", "auc")}
+    elif tr and te:
+        metrics["gap"] = None  # train and test were evaluated with different settings: no honest gap
+    if binary:
+        metrics["threshold"] = {"youden": threshold, "chosen_on": "val", "default": 0.5}
+    metrics["evaluation"] = setting
     if dist.is_main:
         write_json(path, metrics)
     dist.barrier()

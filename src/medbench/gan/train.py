@@ -207,7 +207,7 @@ def quality(generator_dir: str | Path, ds: ImageDataset, *, epochs: int = 10, pe
     cfg = resolve_config({"dataset": ds.name, "size": ds.size, "recipe": "fast", "epochs": epochs, "seed": seed,
                           "device": "cpu" if not torch.cuda.is_available() else "auto"})
     if not (judge_dir / "config.yaml").exists():
-        train(cfg, judge_dir, dataset=ds, quiet=True, data_dir=data_dir)
+        train(cfg, judge_dir, dataset=ds, quiet=True, data_dir=data_dir, report=False)
     g, info = load_generator(generator_dir)
     dev = resolve_device(cfg.device)
     task = build_task(cfg, ds)
