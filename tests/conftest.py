@@ -26,10 +26,17 @@ def medmnist_dir(shared_data) -> Path:
     return shared_data / "medmnist"
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("medbench-cache")
+
+
 @pytest.fixture(autouse=True)
-def _data_env(monkeypatch, medmnist_dir):
-    """Every test sees the real MedMNIST files as its data root, and never the network."""
+def _data_env(monkeypatch, medmnist_dir, cache_dir):
+    """Every test sees the real MedMNIST files as its data root, a private decoded-data cache, and never the
+    network."""
     monkeypatch.setenv("MEDBENCH_DATA", str(medmnist_dir))
+    monkeypatch.setenv("MEDBENCH_CACHE", str(cache_dir))
     monkeypatch.setenv("MEDBENCH_MIRROR", "http://127.0.0.1:9/")  # discard port: a download fails at once
 
 

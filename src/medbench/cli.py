@@ -28,7 +28,22 @@ def _common() -> argparse.ArgumentParser:
 # (flag, RunConfig field, argparse kwargs): flags left out keep the config file's or recipe's value.
 TRAIN_FLAGS = [
     ("--dataset", "dataset", dict(help="dataset name, e.g. breastmnist (see `medbench datasets`)")),
-    ("--model", "model", dict(help="model name (see `medbench models`); default resnet18")),
+    ("--label-regex", "label_regex", dict(metavar="REGEX", help="folder: class = first capture group on the "
+                                          "path within the split folder, e.g. '(NORMAL|bacteria|virus)'")),
+    ("--image-col", "image_col", dict(help="csv: column of image paths")),
+    ("--label-cols", "label_cols", dict(type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+                                        metavar="COL[,COL]", help="csv: label column(s); several = multi-label")),
+    ("--split-col", "split_col", dict(help="csv: column holding train/val/test")),
+    ("--uncertain", "uncertain", dict(choices=["u-ones", "u-zeros"], help="csv: CheXpert policy for -1 labels")),
+    ("--fit", "fit", dict(choices=["pad", "crop"], help="own data: pad or centre-crop to a square (default pad)")),
+    ("--val-from-train", "val_from_train", dict(type=float, metavar="F",
+                                                help="own data: draw a stratified share F of train as val")),
+    ("--test-from-train", "test_from_train", dict(type=float, metavar="F", help="own data: the same for test")),
+    ("--group-regex", "group_regex", dict(metavar="REGEX", help="own data: one split per group, e.g. "
+                                          "'(person\\d+)_' keeps a patient's images together")),
+    ("--model", "model", dict(help="model name (see `medbench models`), or sk:decision_tree|random_forest|logreg|"
+                                   "svm; default resnet18")),
+    ("--features", "features", dict(choices=["pixels", "hog"], help="sk: models: flattened pixels or HOG")),
     ("--size", "size", dict(type=int, help="image size: 28, 64, 128 or 224 (default 28)")),
     ("--epochs", "epochs", dict(type=int, help="training epochs (default 100)")),
     ("--recipe", "recipe", dict(help="named recipe: default, medmnist-v2 (the official benchmark's settings) or "
@@ -99,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat grey images to 3 channels")
     p.add_argument("--no-flip", dest="no_flip", action="store_const", const=True, default=None,
                    help="augmentation never flips (anatomy where laterality matters)")
+    p.add_argument("--skip-bad", dest="skip_bad", action="store_const", const=True, default=None,
+                   help="own data: leave unreadable files out (listed in RUN_DIR/skipped.json)")
+    p.add_argument("--allow-outside-root", dest="allow_outside_root", action="store_const", const=True,
+                   default=None, help="csv: allow image paths outside the CSV's folder")
     p.add_argument("--tta", action="store_const", const=True, default=None,
                    help="evaluate with horizontally flipped views averaged in")
     p.add_argument("--deterministic", action="store_const", const=True, default=None,
@@ -128,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="paired resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p = sub.add_parser("cache", parents=[common], help="the decoded own-data cache: info or clear")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
     p.add_argument("run_dir", type=Path)
@@ -171,7 +194,8 @@ def _train_settings(args) -> dict:
     for _, field, _ in TRAIN_FLAGS:
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
-    for key in ("pretrained", "as_rgb", "no_flip", "tta", "deterministic", "compile"):
+    for key in ("pretrained", "as_rgb", "no_flip", "skip_bad", "allow_outside_root", "tta", "deterministic",
+                "compile"):
         if getattr(args, key) is not None:
             settings[key] = True
     settings.update(parse_overrides(args.overrides))
@@ -304,18 +328,34 @@ def _cmd_compare(args) -> None:
         if r["diff"] is None:
             print(f"{key}: undefined")
             continue
+        p = f"< {1 / res['replicates']:.2g}" if r["p_value"] == 0 else f"{r['p_value']:.4g}"  # none crossed 0
         print(f"{key}  A {r['value_a']:.4f}  B {r['value_b']:.4f}  A - B {r['diff']:+.4f} "
-              f"[{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]  p {r['p_value']:.4g}")
+              f"[{r['diff_ci'][0]:+.4f}, {r['diff_ci'][1]:+.4f}]  p {p}")
     if res.get("delong"):
         d = res["delong"]
         z = "n/a (zero variance)" if d["z"] is None else f"{d['z']:.3f}"
         print(f"DeLong: AUC difference {d['diff']:+.4f}, z {z}, p {d['p_value']:.4g}")
 
 
+def _cmd_cache(args) -> None:
+    from medbench.data.cache import cache_clear, cache_info, default_cache_dir
+
+    if args.action == "clear":
+        print(f"removed {cache_clear()} file(s) from {default_cache_dir()}")
+        return
+    rows = cache_info()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{len(rows)} cached dataset(s) in {default_cache_dir()}")
+    for r in rows:
+        print("  " + "  ".join(f"{k} {v}" for k, v in r.items() if not isinstance(v, (list, dict))))
+
+
 def _cmd_report(args) -> None:
     from medbench.report import write_run_report
 
-    path = write_run_report(args.run_dir, data_dir=args.data_dir, quiet=args.quiet)
+    path = write_run_report(args.run_dir, data_dir=args.data_dir, quiet=True)
     print(f"wrote {path}")
 
 
@@ -348,7 +388,7 @@ def _cmd_gan(args) -> None:
 
 
 COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "compare": _cmd_compare, "report": _cmd_report,
+            "compare": _cmd_compare, "report": _cmd_report, "cache": _cmd_cache,
             "augment-preview": _cmd_augment_preview, "gan": _cmd_gan}
 
 

@@ -21,9 +21,8 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, split: str = "test", r
                  data_dir=None) -> dict:
     """AUC and ACC differences (A - B) with paired-bootstrap CIs and p-values, plus DeLong's test for binary
     tasks. Both runs must be on the same dataset, size and data file."""
-    from medbench.data import load_dataset
     from medbench.metrics import compare_predictions
-    from medbench.run import CONFIG, _recorded_md5
+    from medbench.run import CONFIG, _recorded_md5, dataset_for, source_options
 
     runs = [Path(run_a), Path(run_b)]
     for r in runs:
@@ -33,10 +32,13 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, split: str = "test", r
     if (cfgs[0].dataset, cfgs[0].size) != (cfgs[1].dataset, cfgs[1].size):
         raise MedbenchError(f"{runs[0]} is on {cfgs[0].dataset} at {cfgs[0].size} px, {runs[1]} on {cfgs[1].dataset} "
                             f"at {cfgs[1].size} px: a paired comparison needs the same test images")
+    if source_options(cfgs[0]) != source_options(cfgs[1]):
+        raise MedbenchError(f"{runs[0]} and {runs[1]} split or decode {cfgs[0].dataset} differently "
+                            f"({source_options(cfgs[0])} vs {source_options(cfgs[1])}): not the same test images")
     md5 = [_recorded_md5(r) for r in runs]
     if md5[0] and md5[1] and md5[0] != md5[1]:
         raise MedbenchError(f"{runs[0]} and {runs[1]} were trained on different data files (md5 {md5[0]} vs {md5[1]})")
-    ds = load_dataset(cfgs[0].dataset, cfgs[0].size, data_dir=data_dir, progress=False)
+    ds = dataset_for(cfgs[0], data_dir)
     labels = ds[split].labels.numpy()
     scores = [read_predictions(r / "predictions" / f"{split}.csv") for r in runs]
     for r, s in zip(runs, scores):

@@ -27,8 +27,26 @@ class RunConfig(BaseModel):
         None, description="normalise as (x/255 - mean) / std, one value or one per channel; None: the pretrained "
                           "weights' ImageNet statistics, else 0.5")
     norm_std: float | list[float] | None = None
+    # own data: dataset "folder:PATH" (a class per sub-folder, optional train/val/test) or "csv:FILE"
+    label_regex: str | None = Field(None, description="folder: class = first capture group of this regex on the "
+                                                      "path within the split folder")
+    image_col: str | None = Field(None, description="csv: the column holding image paths")
+    label_cols: list[str] | None = Field(None, description="csv: one column (classes) or several (multi-label)")
+    split_col: str | None = Field(None, description="csv: column holding train/val/test")
+    uncertain: Literal["u-ones", "u-zeros"] = Field("u-ones", description="csv multi-label: -1 (uncertain) -> 1 "
+                                                                          "or 0 (CheXpert policies)")
+    fit: Literal["pad", "crop"] = Field("pad", description="own data: pad or centre-crop to a square, then resize")
+    val_from_train: float = Field(0.0, ge=0, lt=1, description="own data: draw this share of train as val "
+                                                               "(stratified; replaces a val folder)")
+    test_from_train: float = Field(0.0, ge=0, lt=1, description="own data: the same for test")
+    group_regex: str | None = Field(None, description="own data: keep files with the same first capture group "
+                                                      "(e.g. a patient id) in one split")
+    split_seed: int = Field(0, description="seed of drawn splits (fixed across training seeds)")
+    skip_bad: bool = Field(False, description="own data: leave unreadable files out (listed in skipped.json)")
+    allow_outside_root: bool = Field(False, description="csv: allow image paths outside the CSV's folder")
     # model and task
     model: str = "resnet18"
+    features: Literal["pixels", "hog"] = Field("pixels", description="sk: models: flattened pixels or HOG")
     stem: Literal["auto", "small", "imagenet"] = "auto"
     pretrained: bool = Field(False, description="start from the model's ImageNet weights")
     weights: str | None = Field(None, description="start from this weights file (safetensors, or .pth tensors)")

@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from medbench import baselines
 from medbench.augment import BatchMix, build_augment
+from medbench.baselines import is_baseline
 from medbench.config import PROVENANCE_KEY, RunConfig, dump_config, load_config, resolve_config
-from medbench.data import SPLITS, ImageDataset, load_dataset
+from medbench.data import OWN_DATA, SPLITS, ImageDataset, load_dataset
 from medbench.data.loader import Preprocess
 from medbench.engine import (Precision, build_optimizer, build_scheduler, predict_logits, resolve_device,
                              seed_everything, steps_per_epoch, train_one_epoch)
@@ -85,10 +87,29 @@ def build_model(cfg: RunConfig, ds: ImageDataset, task: Task, load_weights: bool
                         pad_value=[-m / s for m, s in zip(mean, std)], load_weights=load_weights, **kwargs)
 
 
+def source_options(cfg: RunConfig) -> dict:
+    """The config's settings for a folder: or csv: dataset, as loader keyword arguments."""
+    if cfg.dataset.startswith("folder:"):
+        return dict(label_regex=cfg.label_regex, resize=cfg.fit, val_from_train=cfg.val_from_train,
+                    test_from_train=cfg.test_from_train, group_regex=cfg.group_regex, seed=cfg.split_seed,
+                    skip_bad=cfg.skip_bad)
+    if cfg.dataset.startswith("csv:"):
+        if not cfg.image_col or not cfg.label_cols:
+            raise MedbenchError(f"{cfg.dataset}: a CSV dataset needs --image-col and --label-cols")
+        return dict(image_col=cfg.image_col, label_cols=cfg.label_cols, split_col=cfg.split_col,
+                    uncertain=cfg.uncertain, resize=cfg.fit, val_from_train=cfg.val_from_train,
+                    test_from_train=cfg.test_from_train, group_regex=cfg.group_regex, seed=cfg.split_seed,
+                    skip_bad=cfg.skip_bad, allow_outside_root=cfg.allow_outside_root)
+    return {}
+
+
+def dataset_for(cfg: RunConfig, data_dir=None, quiet: bool = True) -> ImageDataset:
+    """The run's dataset, loaded (MedMNIST) or decoded / read from the cache (own data)."""
+    return load_dataset(cfg.dataset, cfg.size, data_dir=data_dir, progress=not quiet, **source_options(cfg))
+
+
 def _dataset(cfg: RunConfig, dataset: ImageDataset | None, data_dir, quiet: bool) -> ImageDataset:
-    if dataset is not None:
-        return dataset
-    return load_dataset(cfg.dataset, cfg.size, data_dir=data_dir, progress=not quiet)
+    return dataset if dataset is not None else dataset_for(cfg, data_dir, quiet)
 
 
 def _on_device(ds: ImageDataset, device: torch.device) -> dict:
@@ -183,6 +204,8 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     quiet = quiet or not dist.is_main
     seed_everything(cfg.seed, cfg.deterministic)
     ds = _dataset(cfg, dataset, data_dir, quiet)
+    if is_baseline(cfg.model):
+        return _train_baseline(cfg, out, ds, data_dir=data_dir, quiet=quiet, report=report)
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
     model = _place(build_model(cfg, ds, task), cfg, device)
@@ -206,7 +229,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     sched = build_scheduler(cfg, opt, spe)
     gen = torch.Generator().manual_seed(cfg.seed)  # the same batch order on every rank
 
+    own = cfg.dataset.startswith(OWN_DATA)
     provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": str(device),
+                  **({"data_cache_key": ds.meta["cache"]["key"]} if own and "cache" in ds.meta else {}),
                   "precision": precision.name, "world_size": dist.world,
                   **({"weights_source": model.weights_source} if getattr(model, "weights_source", None) else {}),
                   **({"synthetic": synthetic} if synthetic else {}),
@@ -214,6 +239,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / CONFIG, dump_config(cfg, provenance))
+        _data_checks(out, ds, quiet)
     tb = _tensorboard(out / "tb", enabled=dist.is_main)
     history: list[dict] = []
     kept = KeptCheckpoints(out, cfg.keep_checkpoints)
@@ -293,6 +319,55 @@ def _tensorboard(path: Path, enabled: bool):
     return SummaryWriter(str(path))
 
 
+def _train_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, *, data_dir, quiet: bool, report: bool) -> Path:
+    """A scikit-learn model: fit on the training split, then the same evaluation, files and report."""
+    if cfg.ensemble > 1 or cfg.tta or cfg.keep_checkpoints:
+        raise MedbenchError(f"{cfg.model} is a classical model: it has no checkpoints to ensemble or keep, and no "
+                            f"flipped-view averaging (drop --ensemble/--keep-checkpoints/--tta)")
+    task = build_task(cfg, ds)
+    baselines.make_estimator(cfg.model, cfg.seed, task.name)  # a bad name fails before anything is written
+    provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": "cpu",
+                  **({"data_cache_key": ds.meta["cache"]["key"]} if "cache" in ds.meta else {}),
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG, dump_config(cfg, provenance))
+    _data_checks(out, ds, quiet)
+    t0 = time.perf_counter()
+    est = baselines.fit(cfg.model, cfg.seed, task.name, cfg.features, ds["train"])
+    seconds = time.perf_counter() - t0
+    metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds, estimator=est)
+    tr, va = metrics["train"], metrics["val"]
+    write_csv(out / HISTORY, [{"epoch": 1, "lr": "", "train_loss": tr["loss"], "train_acc": tr["acc"],
+                               "train_auc": tr["auc"], "val_loss": va["loss"], "val_acc": va["acc"],
+                               "val_auc": va["auc"], "seconds": round(seconds, 3),
+                               "images_per_s": round(len(ds["train"]) / max(seconds, 1e-9), 1)}])
+    if report:
+        from medbench.report import write_run_report
+
+        write_run_report(out, dataset=ds, data_dir=data_dir, quiet=quiet)
+    if not quiet:
+        console.print(f"{cfg.model} ({cfg.features}) fitted in {seconds:.1f} s; test auc "
+                      f"{_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}")
+    return out
+
+
+def _data_checks(out: Path, ds: ImageDataset, quiet: bool) -> None:
+    """Record skipped files (own data with skip_bad) and exact-duplicate images across splits (leakage)."""
+    from medbench.data.splits import leakage_report
+
+    if ds.meta.get("skipped"):
+        write_json(out / "skipped.json", ds.meta["skipped"])
+        if not quiet:
+            console.print(f"[yellow]{len(ds.meta['skipped'])} unreadable file(s) skipped: listed in "
+                          f"{out / 'skipped.json'}[/]")
+    files = ds.meta.get("files")
+    dups = leakage_report(ds.splits, files if isinstance(files, dict) else None)
+    write_json(out / "leakage.json", {"duplicates_across_splits": len(dups), "duplicates": dups})
+    if dups and not quiet:
+        console.print(f"[yellow]leakage check: {len(dups)} image(s) appear in more than one split (exact "
+                      f"duplicates; see {out / 'leakage.json'})[/]")
+
+
 def _final_figures(out: Path, ds: ImageDataset, task: Task) -> None:
     """The test split's ROC curves and confusion matrix as TensorBoard figures."""
     from medbench.compare import read_predictions
@@ -340,7 +415,7 @@ def _preprocess(cfg: RunConfig, ds: ImageDataset) -> Preprocess:
 
 def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
              dataset: ImageDataset | None = None, ensemble: int | None = None, tta: bool | None = None,
-             bootstrap: int | None = None, seed: int = 0) -> dict:
+             bootstrap: int | None = None, seed: int = 0, estimator=None) -> dict:
     """Reload a run's best weights, recompute metrics and predictions for ``splits`` and update metrics.json.
 
     ``ensemble`` (K best kept checkpoints, probabilities averaged), ``tta`` (with horizontal flips) and
@@ -362,6 +437,9 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     bad = [s for s in splits if s not in SPLITS]
     if bad:
         raise MedbenchError(f"unknown split {bad[0]!r}; valid: {', '.join(SPLITS)}")
+    baseline = is_baseline(cfg.model)
+    if baseline and (ensemble > 1 or tta):
+        raise MedbenchError(f"{cfg.model} is a classical model: --ensemble and --tta do not apply")
     members = kept_checkpoints(run_dir, ensemble) if ensemble > 1 else [run_dir / WEIGHTS]
     ds = _dataset(cfg, dataset, data_dir, quiet)
     recorded = _recorded_md5(run_dir)
@@ -376,6 +454,12 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     probs: dict[str, torch.Tensor] = {}
     single_logits: dict[str, torch.Tensor] = {}
     views = 2 if tta else 1
+    if baseline:  # no weights file: refit (deterministic for the seed) unless the fitted model is passed in
+        estimator = estimator or baselines.fit(cfg.model, cfg.seed, task.name, cfg.features, ds["train"])
+        members = []
+        for s in needed:
+            probs[s] = torch.from_numpy(baselines.scores(estimator, ds[s].images, task.name, task.num_classes,
+                                                         cfg.features))
     for path in members:  # one network in memory at a time
         model = load_run_model(run_dir, cfg, ds, task, device, weights=path)
         for s in needed:
@@ -389,10 +473,10 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
                 if len(members) == 1 and views == 1:
                     single_logits[s] = logits
         del model
-    scores = {s: (p / (len(members) * views)).numpy() for s, p in probs.items()}
+    scores = {s: (p / max(len(members) * views, 1)).numpy() for s, p in probs.items()}
     labels = {s: ds[s].labels.numpy() for s in needed}
     threshold = youden_threshold(labels["val"], scores["val"]) if binary else None
-    setting = {"ensemble": len(members), "tta": tta, "bootstrap": bootstrap,
+    setting = {"ensemble": max(len(members), 1), "tta": tta, "bootstrap": bootstrap,
                **({"members": [str(p.relative_to(run_dir)) for p in members]} if len(members) > 1 else {})}
     path = run_dir / METRICS
     old = json.loads(path.read_text()) if path.is_file() else {}

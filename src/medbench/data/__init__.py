@@ -1,5 +1,6 @@
 """Data sources, each turned into an :class:`ImageDataset` of uint8 tensors."""
 from medbench.data.dataset import SPLITS, ImageDataset, Split
+from medbench.errors import MedbenchError
 from medbench.data.medmnist import (
     CATALOGUE,
     SIZES,
@@ -16,7 +17,28 @@ __all__ = [
 ]
 
 
+OWN_DATA = ("folder:", "csv:")
+
+
 def load_dataset(name: str, size: int = 28, data_dir=None, *, download_missing: bool = True,
-                 progress: bool = True) -> ImageDataset:
-    """Load a dataset by name (a MedMNIST flag such as ``"breastmnist"``) at an image size."""
+                 progress: bool = True, **options) -> ImageDataset:
+    """Load a dataset by name at an image size: a MedMNIST flag such as ``"breastmnist"``, ``"folder:PATH"``
+    (:func:`medbench.data.folders.load_folder`) or ``"csv:FILE"`` (:func:`medbench.data.tables.load_csv`).
+
+    ``options`` go to the folder / CSV loader; decoded own data is cached (``medbench cache info``).
+    """
+    if name.startswith("folder:"):
+        from medbench.data.cache import default_cache_dir
+        from medbench.data.folders import load_folder
+
+        return load_folder(name[len("folder:"):], size=size, cache_dir=default_cache_dir(), progress=progress,
+                           **options)
+    if name.startswith("csv:"):
+        from medbench.data.cache import default_cache_dir
+        from medbench.data.tables import load_csv
+
+        return load_csv(name[len("csv:"):], size=size, cache_dir=default_cache_dir(), progress=progress, **options)
+    if options:
+        raise MedbenchError(f"{', '.join(sorted(options))}: options for folder:/csv: datasets, not MedMNIST's "
+                            f"'{name}'")
     return load_medmnist(name, size=size, data_dir=data_dir, download_missing=download_missing, progress=progress)

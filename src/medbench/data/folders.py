@@ -1,0 +1,320 @@
+"""A folder of image files -> an :class:`ImageDataset`.
+
+Layout (``scan_folder``):
+
+* ``root/train/`` (and optionally ``root/val/``, ``root/test/``) are the splits when ``root/train`` exists;
+  otherwise the whole of ``root`` is one pool (reported as the ``"train"`` split of the listing,
+  ``has_splits=False``).
+* The class of a file is the first folder under its split folder (``train/PNEUMONIA/x.jpeg`` -> PNEUMONIA),
+  or, with ``label_regex``, the first capture group (or the whole match) of ``re.search(label_regex, path)``
+  with ``path`` the file's POSIX path relative to its split folder. Files the regex does not match are an
+  error, never silently dropped.
+* Hidden files and folders (a name starting with ``.``) and files whose suffix is not in ``extensions`` are
+  ignored and listed in ``FolderListing.ignored``.
+
+Splitting (``load_folder``):
+
+* A split folder that is missing is drawn from train: ``val`` with ``val_from_train`` (default
+  :data:`DEFAULT_VAL_FRACTION` when 0), ``test`` with ``test_from_train`` (default :data:`DEFAULT_TEST_FRACTION`).
+* ``val_from_train > 0`` (or ``test_from_train > 0``) *replaces* an existing val (test) folder: its images are
+  added to train, and the split is a fresh stratified draw from that enlarged train pool (useful for the public
+  pneumonia set whose val folder holds 16 images). Fractions are of the train pool; test is drawn first,
+  val from the rest with fraction ``val / (1 - test)`` so both stay fractions of the pool.
+* ``group_regex`` (e.g. ``(person\\d+)_``) keeps every file of a group (patient) in one split; files it
+  does not match are each their own group.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medbench.data.dataset import SPLITS, ImageDataset, Split
+from medbench.data.decode import convert_channels, decode_image, is_grey, resize_square
+from medbench.data.splits import stratified_split
+from medbench.errors import MedbenchError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.2
+MAX_NAMED = 10  # files named in an error message; the rest are counted
+
+
+@dataclass
+class FolderListing:
+    root: Path
+    class_names: list[str]
+    files: dict[str, list[str]]  # split -> POSIX paths relative to root
+    labels: dict[str, list[int]]  # split -> class index per file
+    has_splits: bool  # True: train/val/test folders were used; False: one pool, listed as "train"
+    ignored: list[str] = field(default_factory=list)  # hidden files/folders and non-image files, relative to root
+
+    def all_files(self) -> list[str]:
+        return [f for s in self.files for f in self.files[s]]
+
+
+def name_some(items: list[str], n: int = MAX_NAMED) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _walk(folder: Path, root: Path, extensions: tuple[str, ...], ignored: list[str]) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        d = Path(dirpath)
+        for name in sorted(dirnames):
+            if name.startswith("."):
+                ignored.append((d / name).relative_to(root).as_posix() + "/")
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        for name in sorted(filenames):
+            p = d / name
+            if name.startswith(".") or p.suffix.lower() not in extensions:
+                ignored.append(p.relative_to(root).as_posix())
+            else:
+                out.append(p)
+    return out
+
+
+def scan_folder(root: str | os.PathLike, *, label_regex: str | None = None,
+                extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> FolderListing:
+    """List the image files of ``root`` by split and class (see the module docstring for the layout)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MedbenchError(f"{root}: not a folder; give a folder of images (class sub-folders, or train/val/test "
+                            f"folders holding class sub-folders)")
+    extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    rx = None
+    if label_regex is not None:
+        try:
+            rx = re.compile(label_regex)
+        except re.error as e:
+            raise MedbenchError(f"label regex {label_regex!r} is invalid ({e}); fix the pattern") from e
+    has_splits = (root / "train").is_dir()
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()} if has_splits else {"train": root}
+    ignored: list[str] = []
+    if has_splits:  # anything beside the split folders is not used
+        ignored += [p.name + ("/" if p.is_dir() else "") for p in sorted(root.iterdir()) if p.name not in split_dirs]
+    raw: dict[str, list[tuple[str, str]]] = {}
+    unmatched: list[str] = []
+    loose: list[str] = []
+    empty_classes: list[str] = []
+    for split, folder in split_dirs.items():
+        entries = []
+        if rx is None:
+            for sub in sorted(folder.iterdir()):
+                if sub.name.startswith("."):
+                    ignored.append(sub.relative_to(root).as_posix() + ("/" if sub.is_dir() else ""))
+                elif sub.is_dir():
+                    files = _walk(sub, root, extensions, ignored)
+                    if not files:
+                        empty_classes.append(sub.relative_to(root).as_posix() + "/")
+                    entries += [(p.relative_to(root).as_posix(), sub.name) for p in files]
+                elif sub.suffix.lower() in extensions:
+                    loose.append(sub.relative_to(root).as_posix())
+                else:
+                    ignored.append(sub.relative_to(root).as_posix())
+        else:
+            for p in _walk(folder, root, extensions, ignored):
+                m = rx.search(p.relative_to(folder).as_posix())
+                if m is None:
+                    unmatched.append(p.relative_to(root).as_posix())
+                    continue
+                label = m.group(1) if rx.groups else m.group(0)
+                if not label:
+                    unmatched.append(p.relative_to(root).as_posix())
+                    continue
+                entries.append((p.relative_to(root).as_posix(), label))
+        raw[split] = entries
+    if unmatched:
+        raise MedbenchError(f"{root}: {len(unmatched)} image(s) do not match the label regex {label_regex!r}: "
+                            f"{name_some(unmatched, 5)}; fix the regex or move those files out of the folder")
+    if loose:
+        raise MedbenchError(f"{root}: {len(loose)} image(s) are not inside a class folder: {name_some(loose, 5)}; "
+                            f"put each image in a sub-folder named after its class, or give a label regex")
+    if empty_classes:
+        raise MedbenchError(f"{root}: class folder(s) with no images: {name_some(empty_classes, 5)}; "
+                            f"add images or remove the folder(s)")
+    if not any(raw.values()):
+        raise MedbenchError(f"{root}: no image files found (looked for {', '.join(extensions)}); "
+                            f"point at a folder of images with one sub-folder per class")
+    class_names = sorted({c for entries in raw.values() for _, c in entries})
+    if len(class_names) < 2:
+        raise MedbenchError(f"{root}: only one class found ({class_names[0]}); a classifier needs at least two "
+                            f"class folders (or label-regex values)")
+    index = {c: i for i, c in enumerate(class_names)}
+    files = {s: [f for f, _ in e] for s, e in raw.items()}
+    labels = {s: [index[c] for _, c in e] for s, e in raw.items()}
+    return FolderListing(root=root, class_names=class_names, files=files, labels=labels,
+                         has_splits=has_splits, ignored=ignored)
+
+
+def group_ids(paths: list[str], group_regex: str | None) -> list[str]:
+    """Group id per path: the first capture group (or whole match) of ``group_regex``; no match = own group."""
+    if group_regex is None:
+        return list(paths)
+    try:
+        rx = re.compile(group_regex)
+    except re.error as e:
+        raise MedbenchError(f"group regex {group_regex!r} is invalid ({e}); fix the pattern") from e
+    out = []
+    for p in paths:
+        m = rx.search(p)
+        out.append(("group:" + (m.group(1) if rx.groups else m.group(0))) if m else "file:" + p)
+    return out
+
+
+def assign_splits(listing: FolderListing, *, val_from_train: float = 0.0, test_from_train: float = 0.0,
+                  group_regex: str | None = None, seed: int = 0,
+                  group_of: dict[str, str] | None = None) -> dict[str, list[tuple[str, int]]]:
+    """``{split: [(relative path, label), ...]}`` for train/val/test, drawing missing splits from train.
+
+    ``group_of`` (path -> group id) replaces ``group_regex`` when given (used for a CSV group column).
+    """
+    for name, frac in (("val_from_train", val_from_train), ("test_from_train", test_from_train)):
+        if not 0 <= frac < 1:
+            raise MedbenchError(f"{name} must be in [0, 1), not {frac}")
+    present = {s: list(zip(listing.files.get(s, []), listing.labels.get(s, []))) for s in SPLITS}
+    fractions = {"val": val_from_train, "test": test_from_train}
+    if not listing.has_splits or not present["val"]:
+        fractions["val"] = fractions["val"] or DEFAULT_VAL_FRACTION
+    if not listing.has_splits or not present["test"]:
+        fractions["test"] = fractions["test"] or DEFAULT_TEST_FRACTION
+    if fractions["val"] + fractions["test"] >= 1:
+        raise MedbenchError(f"val_from_train + test_from_train = {fractions['val'] + fractions['test']} leaves no "
+                            f"training images; use smaller fractions")
+    pool = list(present["train"])
+    out = {s: [] if fractions.get(s, 0) > 0 else present[s] for s in SPLITS}
+    for s in ("val", "test"):
+        if fractions[s] > 0:
+            pool += present[s]  # a replaced val/test folder goes to train
+    remaining = 1.0
+    for s in ("test", "val"):
+        if fractions[s] <= 0 or not pool:
+            continue
+        labels = np.array([c for _, c in pool], dtype=np.int64)  # [N], or [N, L] for multi-label tuples
+        groups = ([group_of.get(f, "file:" + f) for f, _ in pool] if group_of is not None
+                  else group_ids([f for f, _ in pool], group_regex))
+        if len(set(groups)) < 2:
+            raise MedbenchError(f"cannot draw a {s} split from {len(pool)} training image(s) in {len(set(groups))} "
+                                f"group(s); add images, or provide {s} images of your own")
+        keep, take = stratified_split(labels, fractions[s] / remaining, seed=seed + (1 if s == "val" else 0),
+                                      groups=groups)
+        out[s] = [pool[i] for i in take]
+        pool = [pool[i] for i in keep]
+        remaining -= fractions[s]
+    out["train"] = pool
+    return out
+
+
+def _decode_all(root: Path, rel: list[str], size: int, resize: str, progress: bool):
+    from medbench.progress import progress_bar
+
+    images: list[np.ndarray | None] = []
+    bad: list[tuple[str, str]] = []
+    with progress_bar(f"decode {root.name}", total=len(rel), enabled=progress, unit="images") as bar:
+        for f in rel:
+            try:
+                img = resize_square(decode_image(root / f), size, resize)
+            except MedbenchError as e:
+                images.append(None)
+                reason = str(e)
+                prefix = f"{root / f}: "
+                bad.append((f, reason[len(prefix):] if reason.startswith(prefix) else reason))
+            else:
+                images.append(img)
+            bar.advance(1)
+    return images, bad
+
+
+def decode_files(source, root: Path, rel: list[str], size: int, resize: str, skip_bad: bool, progress: bool):
+    """Decode ``rel`` (paths under ``root``): ``(images, bad, good indices)``. Unreadable files are one error
+    naming them (``source`` first), or with ``skip_bad`` a warning; the caller records ``bad``."""
+    images, bad = _decode_all(root, rel, size, resize, progress)
+    if bad and not skip_bad:
+        named = "; ".join(f"{f} ({r})" for f, r in bad[:MAX_NAMED])
+        more = f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+        raise MedbenchError(f"{source}: {len(bad)} image(s) cannot be decoded: {named}{more}. Fix or remove them, "
+                            f"or pass skip_bad=True (--skip-bad) to leave them out")
+    if bad:
+        warnings.warn(f"{source}: skipped {len(bad)} unreadable image(s): {name_some([f for f, _ in bad])}",
+                      stacklevel=4)
+    return images, bad, [i for i, img in enumerate(images) if img is not None]
+
+
+def _build_folder(root: Path, listing: FolderListing, *, size, channels, resize, label_regex, val_from_train,
+                  test_from_train, group_regex, seed, skip_bad, progress) -> ImageDataset:
+    assigned = assign_splits(listing, val_from_train=val_from_train, test_from_train=test_from_train,
+                             group_regex=group_regex, seed=seed)
+    order = [(s, f, c) for s in SPLITS for f, c in assigned[s]]
+    images, bad, good = decode_files(root, root, [f for _, f, _ in order], size, resize, skip_bad, progress)
+    if channels is None:
+        channels = 1 if all(is_grey(images[i]) for i in good) else 3
+    splits, files, groups = {}, {}, {}
+    for s in SPLITS:
+        idx = [i for i in good if order[i][0] == s]
+        if idx:
+            x = np.stack([convert_channels(images[i], channels) for i in idx])
+        else:
+            x = np.zeros((0, size, size, channels), np.uint8)
+        y = np.array([[order[i][2]] for i in idx], dtype=np.int64).reshape(-1, 1)
+        splits[s] = Split(images=torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), labels=torch.from_numpy(y))
+        files[s] = [order[i][1] for i in idx]
+        groups[s] = [g.split(":", 1)[1] if g.startswith("group:") else None
+                     for g in group_ids(files[s], group_regex)] if group_regex else []
+    if len(splits["train"]) == 0:
+        raise MedbenchError(f"{root}: no training images left after splitting; add images or lower the fractions")
+    task = "binary" if len(listing.class_names) == 2 else "multiclass"
+    meta = {
+        "kind": "folder",
+        "files": files,
+        "groups": groups,
+        "skipped": [{"path": f, "reason": r} for f, r in bad],
+        "ignored": listing.ignored,
+        "class_names": listing.class_names,
+        "settings": {"size": size, "channels": channels, "resize": resize, "label_regex": label_regex,
+                     "val_from_train": val_from_train, "test_from_train": test_from_train,
+                     "group_regex": group_regex, "seed": seed, "skip_bad": skip_bad},
+    }
+    return ImageDataset(name=f"folder:{root.name}", task=task, class_names=list(listing.class_names), splits=splits,
+                        size=size, source=str(root), meta=meta)
+
+
+def load_folder(root: str | os.PathLike, *, size: int, channels: int | None = None, resize: str = "pad",
+                label_regex: str | None = None, val_from_train: float = 0.0, test_from_train: float = 0.0,
+                group_regex: str | None = None, seed: int = 0, skip_bad: bool = False,
+                cache_dir: str | os.PathLike | None = None, progress: bool = False) -> ImageDataset:
+    """Decode a folder of images into an :class:`ImageDataset` (task "binary" for 2 classes, else "multiclass").
+
+    ``channels``: 1, 3, or None = 1 when every image is grey (one channel, or three equal ones), else 3.
+    ``resize``: "pad" or "crop" to square, then resize to ``size`` (:func:`resize_square`).
+    ``skip_bad``: leave unreadable files out (recorded in ``meta["skipped"]`` with a warning) instead of failing.
+    ``cache_dir``: reuse / store the decoded tensors there (:mod:`medbench.data.cache`); None = no cache.
+    ``meta`` holds per split the relative ``files`` and ``groups`` (group id or None), plus ``skipped``,
+    ``ignored``, ``class_names`` and the ``settings`` used.
+    """
+    root = Path(root).expanduser().resolve()
+    if channels not in (None, 1, 3):
+        raise MedbenchError(f"channels must be 1, 3 or None (automatic), not {channels}")
+    if resize not in ("pad", "crop"):
+        raise MedbenchError(f"resize mode must be 'pad' or 'crop', not {resize!r}")
+    if not isinstance(size, int) or size < 1:
+        raise MedbenchError(f"image size must be a positive integer, not {size!r}")
+    listing = scan_folder(root, label_regex=label_regex)
+    settings = dict(size=size, channels=channels, resize=resize, label_regex=label_regex,
+                    val_from_train=val_from_train, test_from_train=test_from_train, group_regex=group_regex,
+                    seed=seed, skip_bad=skip_bad, progress=progress)
+
+    def build() -> ImageDataset:
+        return _build_folder(root, listing, **settings)
+
+    if cache_dir is None:
+        return build()
+    from medbench.data.cache import cached
+
+    key = {"source": "folder", "root": str(root), **{k: v for k, v in settings.items() if k != "progress"}}
+    return cached(key, build, cache_dir, files=[root / f for f in listing.all_files()])
