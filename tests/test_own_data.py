@@ -34,7 +34,7 @@ def test_two_class_folder_run_with_cnn5(chest, tmp_path, capsys):
     capsys.readouterr()
     assert main(["cache", "info", "--json"]) == 0
     entries = json.loads(capsys.readouterr().out)
-    assert any(e["source"] == str(chest) and e["size"] == 64 for e in entries)
+    assert any(e["source"] == str(chest.resolve()) and e["size"] == 64 for e in entries)
 
 
 def test_three_class_decision_tree_on_hog_features(chest, tmp_path):

@@ -148,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
+    p = sub.add_parser("study", parents=[common], help="run a grid of runs resumably (or: study status DIR)",
+                       description="medbench study STUDY.yaml --out DIR [--workers N] | medbench study status DIR")
+    p.add_argument("target", nargs="+", metavar="STUDY.yaml | status DIR")
+    p.add_argument("--out", type=Path, help="study folder (runs/, study.db, results.csv)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (threads divided among them)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--db", help="results database URL (default sqlite:///OUT/study.db; postgresql+psycopg://...)")
+    p.add_argument("--dry-run", action="store_true", help="validate the file and list its runs; train nothing")
+    p.add_argument("--report", action="store_true", default=None, help="write each run's report.html")
+    p.add_argument("--json", action="store_true", help="status / dry run: print JSON")
+
     p = sub.add_parser("cache", parents=[common], help="the decoded own-data cache: info or clear")
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--json", action="store_true")
@@ -337,6 +348,37 @@ def _cmd_compare(args) -> None:
         print(f"DeLong: AUC difference {d['diff']:+.4f}, z {z}, p {d['p_value']:.4g}")
 
 
+def _cmd_study(args) -> int:
+    from medbench.errors import MedbenchError
+    from medbench.study import load_study, run_study, study_status
+
+    if args.target[0] == "status":
+        if len(args.target) != 2:
+            raise MedbenchError("usage: medbench study status DIR")
+        counts = study_status(args.db or args.target[1])
+        print(json.dumps(counts) if args.json else "  ".join(f"{k} {v}" for k, v in counts.items()))
+        return 0
+    if len(args.target) != 1:
+        raise MedbenchError("usage: medbench study STUDY.yaml --out DIR (or: medbench study status DIR)")
+    study = load_study(args.target[0])
+    if args.dry_run:
+        rows = [{"id": r.id, **r.axes} for r in study.runs]
+        if args.json:
+            print(json.dumps({"name": study.name, "runs": rows}, indent=2))
+        else:
+            print(f"{study.name}: {len(rows)} runs")
+            for r in rows:
+                print("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
+        return 0
+    if args.out is None:
+        raise MedbenchError("medbench study needs --out DIR")
+    counts = run_study(study, args.out, workers=args.workers, db_url=args.db, executor=args.executor,
+                       quiet=args.quiet, report=args.report, data_dir=args.data_dir)
+    print(f"{counts['done']}/{counts['total']} done, {counts['failed']} failed, {counts['running']} running, "
+          f"{counts['pending']} pending; results: {args.out / 'results.csv'}")
+    return 0 if counts["failed"] == 0 else 1
+
+
 def _cmd_cache(args) -> None:
     from medbench.data.cache import cache_clear, cache_info, default_cache_dir
 
@@ -388,7 +430,7 @@ def _cmd_gan(args) -> None:
 
 
 COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "compare": _cmd_compare, "report": _cmd_report, "cache": _cmd_cache,
+            "compare": _cmd_compare, "report": _cmd_report, "cache": _cmd_cache, "study": _cmd_study,
             "augment-preview": _cmd_augment_preview, "gan": _cmd_gan}
 
 
@@ -397,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     from medbench.errors import MedbenchError
 
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except MedbenchError as e:
         if args.debug:
             raise
@@ -417,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -180,17 +180,22 @@ def resolve_config(settings: dict[str, Any], where: str = "config") -> RunConfig
         raise _format_error(e, where) from None
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config (safe loader) into a plain dict; the provenance block is dropped."""
+def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
+    """A YAML file through the safe loader (never constructs objects); missing or invalid: one clear error."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MedbenchError(f"config file {path} not found") from None
+        raise MedbenchError(f"{what} {path} not found") from None
     except yaml.YAMLError as e:
         raise MedbenchError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
-    if data is None:
-        data = {}
+    return {} if data is None else data
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config (safe loader) into a plain dict; the provenance block is dropped."""
+    path = Path(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise MedbenchError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
     data.pop(PROVENANCE_KEY, None)
