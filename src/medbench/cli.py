@@ -288,7 +288,7 @@ def _cmd_train(args) -> None:
     test = json.loads((out / METRICS).read_text())["test"]
     auc = "n/a" if test["auc"] is None else f"{test['auc']:.4f}"
     print(f"results in {out}: test auc {auc}, acc {test['acc']:.4f} "
-          f"(metrics.json, predictions/, history.csv, model.safetensors, tb/)")
+          f"(metrics.json, report.html, predictions/, history.csv, tb/)")
 
 
 def _with_ci(rec: dict, key: str) -> str:
