@@ -25,7 +25,7 @@ from medbench.engine import (Precision, build_optimizer, build_scheduler, predic
 from medbench import distributed
 from medbench.errors import MedbenchError
 from medbench.fileio import atomic_path, write_csv, write_json, write_text
-from medbench.metrics import bootstrap_metrics, compute_metrics, youden_threshold
+from medbench.metrics import acc, auc, bootstrap_metrics, compute_metrics, youden_threshold
 from medbench.models import create_model
 from medbench.progress import console, progress_bar
 from medbench.tasks import Task, make_task
@@ -116,12 +116,16 @@ def _on_device(ds: ImageDataset, device: torch.device) -> dict:
     return {s: type(sp)(sp.images.to(device), sp.labels.to(device)) for s, sp in ds.splits.items()}
 
 
-def _metric_record(task: Task, ds_split_labels: torch.Tensor, logits: torch.Tensor) -> tuple[dict, np.ndarray]:
-    scores = task.scores(logits).double().numpy()
-    labels = ds_split_labels.cpu()
-    rec = compute_metrics(labels.numpy(), scores, task.name)
+def _epoch_metrics(task: Task, labels, scores: np.ndarray) -> dict:
+    """The per-epoch ``acc`` and ``auc`` only: the full record (per class, ECE, ...) is for the final evaluation."""
+    return {"acc": acc(labels, scores, task.name), "auc": auc(labels, scores, task.name)}
+
+
+def _val_record(task: Task, val_labels: torch.Tensor, logits: torch.Tensor) -> dict:
+    labels = val_labels.cpu()
+    rec = _epoch_metrics(task, labels.numpy(), task.scores(logits).double().numpy())
     rec["loss"] = float(task.loss(logits, labels, smoothing=0.0))
-    return rec, scores
+    return rec
 
 
 def _select_value(rec: dict, metric: str) -> float:
@@ -256,8 +260,8 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                     raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}; lower --lr or check "
                                         f"the data. Last good weights are in {out / WEIGHTS}")
                 val_logits = predict_logits(net, val_split, prep, precision, cfg.eval_batch_size, dist=dist)
-                val, _ = _metric_record(task, val_split.labels, val_logits)
-                train_m = compute_metrics(tr["labels"], tr["scores"], task.name)
+                val = _val_record(task, val_split.labels, val_logits)
+                train_m = _epoch_metrics(task, tr["labels"], tr["scores"])
                 row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": train_m["acc"],
                        "train_auc": train_m["auc"], "val_loss": val["loss"], "val_acc": val["acc"],
                        "val_auc": val["auc"], "seconds": round(tr["seconds"], 3),
