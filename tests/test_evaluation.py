@@ -128,3 +128,11 @@ def test_compare_refuses_runs_on_different_data(kept_run, tmp_path, medmnist_dir
 
     with pytest.raises(MedbenchError, match="a paired comparison needs the same test images"):
         compare_runs(kept_run, other)
+
+
+def test_gap_survives_bootstrapping_one_split_but_not_other_models(kept_run):
+    evaluate(kept_run, quiet=True)
+    m = evaluate(kept_run, ["test"], bootstrap=50, quiet=True)  # CIs leave the point estimates as they were
+    assert m["gap"]["auc"] == pytest.approx(m["train"]["auc"] - m["test"]["auc"])
+    m = evaluate(kept_run, ["test"], ensemble=2, quiet=True)  # train was scored by another model
+    assert m["gap"] is None

@@ -500,7 +500,11 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
             write_predictions(run_dir / "predictions" / f"{s}.csv", scores[s])
         metrics[s] = rec
     tr, te = metrics.get("train"), metrics.get("test")
-    if tr and te and tr.get("evaluation") == te.get("evaluation"):
+
+    def models_of(rec):  # bootstrap CIs do not change the point estimates a gap compares
+        return {k: v for k, v in (rec.get("evaluation") or {}).items() if k != "bootstrap"}
+
+    if tr and te and models_of(tr) == models_of(te):
         metrics["gap"] = {k: None if tr[k] is None or te[k] is None else tr[k] - te[k] for k in ("acc", "auc")}
     elif tr and te:
         metrics["gap"] = None  # train and test were evaluated with different settings: no honest gap
