@@ -559,3 +559,43 @@ def test_bootstrap_arguments_are_checked():
         compute_metrics(y, s, "regression")
     with pytest.raises(ValueError, match="scores of A have shape"):
         compare_predictions(y, s, s[:, :2], "multiclass")
+
+
+def test_multilabel_unknown_labels_are_left_out_of_every_metric(real):
+    """-1 entries (CheXpert uncertain under u-ignore): each label's metrics equal scikit-learn's on its known rows,
+    and the bootstrap on an all-ones resample equals the point estimate."""
+    y, s = real["multilabel"]["test"]
+    y = y.copy()
+    rng = np.random.default_rng(0)
+    y[rng.random(y.shape) < 0.3] = -1
+    m = _quiet(compute_metrics, y, s, "multilabel")
+    json.dumps(m, allow_nan=False)
+    k = y.shape[1]
+    cols = [(y[y[:, j] >= 0, j], s[y[:, j] >= 0, j]) for j in range(k)]
+    assert m["acc"] == pytest.approx(np.mean([skm.accuracy_score(t, p > 0.5) for t, p in cols]), abs=1e-12)
+    assert m["acc"] == pytest.approx(acc(y, s, "multilabel"), abs=1e-12)
+    per_auc = [skm.roc_auc_score(t, p) if len(np.unique(t)) == 2 else None for t, p in cols]
+    assert m["per_label_auc"] == pytest.approx(per_auc, abs=1e-12)
+    if None not in per_auc:
+        assert m["auc"] == pytest.approx(np.mean(per_auc), abs=1e-12) == auc(y, s, "multilabel")
+    bce = sum(skm.log_loss(t, p, labels=[0, 1], normalize=False) for t, p in cols) / sum(len(t) for t, _ in cols)
+    assert m["log_loss"] == pytest.approx(bce, abs=1e-12)
+    conf = np.concatenate([np.where(p > 0.5, p, 1 - p) for _, p in cols])
+    hit = np.concatenate([(p > 0.5) == t for t, p in cols])
+    assert m["ece"] == pytest.approx(_ece_reference(conf, hit), abs=1e-12)
+    for j, name in enumerate(m["per_class"]):
+        t, p = cols[j]
+        pc = m["per_class"][name]
+        assert pc["n"] == len(t) and pc["support"] == int(t.sum())
+        assert m["confusion_matrix"][j] == skm.confusion_matrix(t, p > 0.5, labels=[0, 1]).tolist()
+        prec, rec, f1, _ = skm.precision_recall_fscore_support(t, p > 0.5, average="binary", zero_division=0)
+        assert (pc["precision"], pc["recall"], pc["f1"]) == pytest.approx((prec, rec, f1), abs=1e-12)
+    ones = np.ones((len(y), 1), np.uint8)
+    rep = bootstrap_replicates(y, s, "multilabel", counts=ones)
+    for name in scalar_names("multilabel"):
+        if m[name] is not None:
+            assert rep[name][0] == pytest.approx(m[name], abs=1e-9), name
+    got = bootstrap_replicates(y, s, "multilabel", replicates=30, seed=2)
+    _assert_same_replicates(got, _loop_replicates(y, s, "multilabel", resample_counts(len(y), 30, 2), 0.5))
+    with pytest.raises(ValueError, match="0, 1 or -1"):
+        compute_metrics(np.full_like(y, 2), s, "multilabel")

@@ -83,7 +83,8 @@ def test_leakage_check_reports_an_image_in_two_splits(chest, tmp_path):
     assert leak["duplicates_across_splits"] == 1 and leak["duplicates"][0]["splits"] == ["test", "train"]
 
 
-def test_chexpert_style_csv_trains_a_multilabel_run(chest, tmp_path):
+@pytest.mark.parametrize("uncertain", ["u-zeros", "u-ignore"])
+def test_chexpert_style_csv_trains_a_multilabel_run(chest, tmp_path, uncertain):
     rows = ["Path,Pneumonia,Bacterial,Split"]
     for split in ("train", "val", "test"):
         for f in sorted((chest / split).rglob("*.jpeg")):
@@ -97,8 +98,19 @@ def test_chexpert_style_csv_trains_a_multilabel_run(chest, tmp_path):
     shutil.move(chest_csv, data / "labels.csv")
     run = tmp_path / "run"
     assert main(["train", "--dataset", f"csv:{data / 'labels.csv'}", "--image-col", "Path", "--label-cols",
-                 "Pneumonia,Bacterial", "--split-col", "Split", "--uncertain", "u-zeros", "--model", "cnn5",
-                 "--epochs", "1", "--out", str(run), "--quiet", "--no-report"]) == 0
+                 "Pneumonia,Bacterial", "--split-col", "Split", "--uncertain", uncertain, "--model", "cnn5",
+                 "--epochs", "1", "--out", str(run), "--quiet"] + (["--no-report"] if uncertain == "u-zeros" else [])
+                ) == 0
     m = _metrics(run)
     assert m["test"]["n"] == 80 and len(m["test"]["per_label_auc"]) == 2
     assert list(m["test"]["per_class"]) == ["Pneumonia", "Bacterial"]
+    virus = sum("virus" in f.name for f in (chest / "test").rglob("*.jpeg"))
+    bacteria = sum("bacteria" in f.name for f in (chest / "test").rglob("*.jpeg"))
+    assert virus > 0
+    bact = m["test"]["per_class"]["Bacterial"]
+    assert m["test"]["per_class"]["Pneumonia"]["n"] == 80 and bact["support"] == bacteria
+    if uncertain == "u-ignore":  # the virus images' Bacterial label is unknown: out of its counts and metrics
+        assert bact["n"] == 80 - virus and sum(map(sum, m["test"]["confusion_matrix"][1])) == 80 - virus
+        assert (run / "report.html").stat().st_size > 10_000
+    else:
+        assert bact["n"] == 80 and sum(map(sum, m["test"]["confusion_matrix"][1])) == 80

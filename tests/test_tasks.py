@@ -71,3 +71,17 @@ def test_corn_learns_an_ordinal_problem():
         opt.step()
     pred = t.predict(t.scores(model(x)))
     assert (pred == y[:, 0]).float().mean() > 0.9
+
+
+def test_multilabel_loss_leaves_unknown_labels_out():
+    """u-ignore keeps -1 labels: the loss is the BCE mean over the known entries, gradient 0 on the rest."""
+    logits = torch.randn(6, 4, requires_grad=True)
+    y = torch.tensor([[1, 0, -1, 1], [0, -1, -1, 0], [1, 1, 0, 0], [-1, 0, 1, 1], [0, 0, 0, -1], [1, -1, 1, 0]])
+    t = make_task("multilabel", 4)
+    loss = t.loss(logits, y)
+    known = y >= 0
+    expected = F.binary_cross_entropy_with_logits(logits[known], y[known].float())
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert (logits.grad[~known] == 0).all() and (logits.grad[known] != 0).all()
+    assert torch.allclose(t.loss(logits, y.clamp_min(0)), F.binary_cross_entropy_with_logits(logits, y.clamp_min(0).float()))

@@ -70,9 +70,36 @@ def _targets(labels: torch.Tensor, task: str) -> np.ndarray:
     return y if task == "multilabel" else y[:, 0]
 
 
+class _PerLabelKnownRows:
+    """One estimator per label fitted on the rows where that label is known (multi-label with -1 = unknown,
+    ``--uncertain u-ignore``); exposes ``estimators_`` and a per-label ``predict_proba`` like
+    MultiOutputClassifier."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def fit(self, x, y):
+        from sklearn.base import clone
+
+        self.estimators_ = []
+        for j in range(y.shape[1]):
+            keep = y[:, j] >= 0
+            if not keep.any():
+                raise MedbenchError(f"label {j} is unknown (-1) for every training image; nothing to fit")
+            self.estimators_.append(clone(self.base).fit(x[keep], y[keep, j]))
+        self.classes_ = [e.classes_ for e in self.estimators_]
+        return self
+
+    def predict_proba(self, x):
+        return [e.predict_proba(x) for e in self.estimators_]
+
+
 def fit(model: str, seed: int, task: str, feature_kind: str, train_split):
+    y = _targets(train_split.labels, task)
     est = make_estimator(model, seed, task)
-    est.fit(features(train_split.images, feature_kind), _targets(train_split.labels, task))
+    if task == "multilabel" and (y < 0).any():
+        est = _PerLabelKnownRows(est.estimator if hasattr(est, "estimator") else est)
+    est.fit(features(train_split.images, feature_kind), y)
     return est
 
 
@@ -81,8 +108,7 @@ def scores(est, images: torch.Tensor, task: str, num_classes: int, feature_kind:
     positive-label probability per label ``[N, L]`` for multi-label tasks."""
     proba = est.predict_proba(features(images, feature_kind))
     if task == "multilabel":
-        classes = [e.classes_ for e in est.estimators_] if hasattr(est, "estimators_") and \
-            isinstance(est.estimators_, list) else est.classes_
+        classes = est.classes_  # one array per label (multi-output trees and forests, MultiOutputClassifier)
         cols = []
         for p, c in zip(proba, classes):
             c = list(c)

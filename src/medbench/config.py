@@ -33,8 +33,9 @@ class RunConfig(BaseModel):
     image_col: str | None = Field(None, description="csv: the column holding image paths")
     label_cols: list[str] | None = Field(None, description="csv: one column (classes) or several (multi-label)")
     split_col: str | None = Field(None, description="csv: column holding train/val/test")
-    uncertain: Literal["u-ones", "u-zeros"] = Field("u-ones", description="csv multi-label: -1 (uncertain) -> 1 "
-                                                                          "or 0 (CheXpert policies)")
+    uncertain: Literal["u-ones", "u-zeros", "u-ignore"] = Field(
+        "u-ones", description="csv multi-label: -1 (uncertain) -> 1, 0, or left out of the loss and the metrics "
+                              "(CheXpert policies)")
     fit: Literal["pad", "crop"] = Field("pad", description="own data: pad or centre-crop to a square, then resize")
     val_from_train: float = Field(0.0, ge=0, lt=1, description="own data: draw this share of train as val "
                                                                "(stratified; replaces a val folder)")

@@ -72,8 +72,8 @@ def auc(y_true, scores, task: str) -> float | None:
     y, s = _as_arrays(y_true, scores)
     if task == "binary":
         return _binary_auc(y[:, 0], s[:, -1], "the positive class")
-    if task == "multilabel":
-        per = [_binary_auc(y[:, i], s[:, i], f"label {i}") for i in range(s.shape[1])]
+    if task == "multilabel":  # -1 entries (unknown, --uncertain u-ignore) are left out of their label's AUC
+        per = [_binary_auc(y[y[:, i] >= 0, i], s[y[:, i] >= 0, i], f"label {i}") for i in range(s.shape[1])]
         return None if any(a is None for a in per) else sum(per) / s.shape[1]
     per = [_binary_auc((y[:, 0] == i).astype(float), s[:, i], f"class {i}") for i in range(s.shape[1])]
     return None if any(a is None for a in per) else sum(per) / s.shape[1]
@@ -83,9 +83,10 @@ def acc(y_true, scores, task: str, threshold: float = 0.5) -> float:
     y, s = _as_arrays(y_true, scores)
     if task == "binary":
         return float(np.mean(y[:, 0] == (s[:, -1] > threshold)))
-    if task == "multilabel":
-        pred = s > threshold
-        return sum(float(np.mean(y[:, i] == pred[:, i])) for i in range(y.shape[1])) / y.shape[1]
+    if task == "multilabel":  # per label over its known (>= 0) entries, then the mean over labels
+        known, hit = y >= 0, y == (s > threshold)
+        with np.errstate(invalid="ignore"):
+            return float(np.mean((hit & known).sum(0) / known.sum(0)))
     return float(np.mean(y[:, 0] == s.argmax(axis=1)))
 
 
@@ -103,6 +104,7 @@ class _Samples:
     conf: np.ndarray  # confidence of the predicted class (of the predicted 0/1 for each label)
     correct: np.ndarray  # bool: pred == true
     loss: np.ndarray  # -log of the probability given to the true class (true 0/1), clipped
+    known: np.ndarray | None = None  # multi-label: bool [n, L], False where the label is -1 (unknown)
 
 
 def _check_task(task: str) -> None:
@@ -117,26 +119,29 @@ def _samples(y_true, scores, task: str, threshold: float) -> _Samples:
     if task == "multilabel":
         if y.shape != s.shape:
             raise ValueError(f"multi-label labels have shape {y.shape} but scores {s.shape}")
-        true, pred = y == 1, s > threshold
+        if n and not np.isin(y, (-1, 0, 1)).all():
+            raise ValueError("multi-label labels must be 0, 1 or -1 (unknown, left out)")
+        known = y >= 0
+        true, pred = y == 1, (s > threshold) & known
         conf = np.where(pred, s, 1.0 - s)
         p_true = np.where(true, s, 1.0 - s)
-        k = s.shape[1]
+        loss = -np.log(np.clip(p_true, LOG_LOSS_EPS, 1.0)) * known
+        return _Samples(task, n, s.shape[1], true, pred, conf, pred == true, loss, known)
+    if y.shape[1] != 1:
+        raise ValueError(f"{task} labels must be one class index per sample, got shape {y.shape}")
+    true = y[:, 0].astype(np.int64)
+    k = 2 if task == "binary" else s.shape[1]
+    if n and (true.min() < 0 or true.max() >= k):
+        raise ValueError(f"class labels must lie in [0, {k - 1}], found [{true.min()}, {true.max()}]")
+    if task == "binary":  # the positive-class column alone decides, as in acc/auc: P(class 0) = 1 - P(class 1)
+        p1 = s[:, -1]
+        pred = (p1 > threshold).astype(np.int64)
+        conf = np.where(pred == 1, p1, 1.0 - p1)
+        p_true = np.where(true == 1, p1, 1.0 - p1)
     else:
-        if y.shape[1] != 1:
-            raise ValueError(f"{task} labels must be one class index per sample, got shape {y.shape}")
-        true = y[:, 0].astype(np.int64)
-        k = 2 if task == "binary" else s.shape[1]
-        if n and (true.min() < 0 or true.max() >= k):
-            raise ValueError(f"class labels must lie in [0, {k - 1}], found [{true.min()}, {true.max()}]")
-        if task == "binary":  # the positive-class column alone decides, as in acc/auc: P(class 0) = 1 - P(class 1)
-            p1 = s[:, -1]
-            pred = (p1 > threshold).astype(np.int64)
-            conf = np.where(pred == 1, p1, 1.0 - p1)
-            p_true = np.where(true == 1, p1, 1.0 - p1)
-        else:
-            rows = np.arange(n)
-            pred = s.argmax(axis=1)
-            conf, p_true = s[rows, pred], s[rows, true]
+        rows = np.arange(n)
+        pred = s.argmax(axis=1)
+        conf, p_true = s[rows, pred], s[rows, true]
     loss = -np.log(np.clip(p_true, LOG_LOSS_EPS, 1.0))
     return _Samples(task, n, k, true, pred, conf, pred == true, loss)
 
@@ -150,16 +155,17 @@ def _stat_rows(d: _Samples) -> tuple[np.ndarray, np.ndarray]:
     """Row vectors over the samples whose weighted sums are the sufficient statistics.
 
     Integer rows (0/1 indicators): confusion cells (single-label, row ``true * k + pred``) or per-label TP,
-    predicted-positive and positive indicators (multi-label). Real rows: 15 ECE bins holding
+    predicted-positive, positive and known indicators (multi-label; unknown entries count nowhere). Real rows: 15 ECE bins holding
     ``correct - confidence`` of the samples in the bin, then the per-sample log loss (summed over labels).
     """
     n, k, cols = d.n, d.k, np.arange(d.n)
     gap = d.correct - d.conf
     real = np.zeros((ECE_BINS + 1, n))
     if d.task == "multilabel":
-        ints = np.concatenate([(d.true & d.pred).T, d.pred.T, d.true.T]).astype(np.float32)
+        ints = np.concatenate([(d.true & d.pred).T, d.pred.T, d.true.T, d.known.T]).astype(np.float32)
         flat = (_ece_bin(d.conf) * n + cols[:, None]).ravel()
-        real[:ECE_BINS] = np.bincount(flat, weights=gap.ravel(), minlength=ECE_BINS * n).reshape(ECE_BINS, n)
+        real[:ECE_BINS] = np.bincount(flat, weights=(gap * d.known).ravel(),
+                                      minlength=ECE_BINS * n).reshape(ECE_BINS, n)
         real[ECE_BINS] = d.loss.sum(axis=1)
     else:
         ints = np.zeros((k * k, n), np.float32)
@@ -209,7 +215,7 @@ def _stats(d: _Samples, counts: np.ndarray) -> dict:
     st = {"total": total, "ece": real[:ECE_BINS], "loss": real[ECE_BINS]}
     if d.task == "multilabel":
         k = d.k
-        st.update(tp=ints[:k], pp=ints[k:2 * k], pos=ints[2 * k:])
+        st.update(tp=ints[:k], pp=ints[k:2 * k], pos=ints[2 * k:3 * k], known=ints[3 * k:])
     else:
         st["cm"] = ints.reshape(d.k, d.k, -1)  # [true, pred, replicate]
     return st
@@ -257,13 +263,14 @@ def _scalars(task: str, st: dict) -> dict[str, np.ndarray]:
     pc = _per_class(task, st)
     total = st["total"]
     k = pc["tp"].shape[0]
-    items = total * k if task == "multilabel" else total  # calibration and log loss run over every label
+    # calibration and log loss run over every known (sample, label) entry
+    items = st["known"].sum(axis=0) if task == "multilabel" else total
     out = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         if task == "multilabel":
-            tp, pos, pp = pc["tp"], pc["support"], pc["pred_sum"]
-            neg, tn = total - pos, total - pos - pp + tp
-            out["acc"] = _nandiv(tp + tn, total).mean(axis=0)
+            tp, pos, pp, known = pc["tp"], pc["support"], pc["pred_sum"], st["known"]
+            neg, tn = known - pos, known - pos - pp + tp
+            out["acc"] = _nandiv(tp + tn, known).mean(axis=0)
             # per label, scikit-learn's balanced accuracy: the mean recall of the values (0, 1) present
             has1, has0 = pos > 0, neg > 0
             out["balanced_acc"] = _nandiv(pc["recall"] * has1 + _div0(tn, neg) * has0, has1 * 1.0 + has0).mean(0)
@@ -339,6 +346,9 @@ def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_
       them pooled into the same 15 bins.
     - ``log_loss``: mean ``-log p(true class)`` with ``p`` clipped to [1e-15, 1]; multi-label: the mean binary
       cross-entropy over all N * L entries (``p`` or ``1 - p``, clipped the same way).
+    - multi-label labels of -1 (unknown: CheXpert's uncertain under ``--uncertain u-ignore``) are left out of
+      every metric of their label (AUC, accuracy, counts, calibration, log loss); ``per_class[label]["n"]``
+      is the number of known entries.
     - binary: ``sensitivity`` (recall of class 1), ``specificity`` (recall of class 0), ``threshold``.
     - multi-label: ``per_label_auc`` (list, ``None`` where undefined) and ``threshold``.
     - ordinal: ``kappa_quadratic`` (Cohen's kappa of the argmax with weights ``(i - j)^2`` on the class
@@ -364,16 +374,22 @@ def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_
         cy, cs = np.stack([d.true == 0, d.true == 1], 1), np.stack([1.0 - s[:, -1], s[:, -1]], 1)
     else:
         cy, cs = d.true[:, None] == np.arange(d.k), s
-    class_auc = [None if not math.isfinite(a) else float(a) for a in rank_auc(cy, cs)] if d.n else [None] * d.k
+    if task == "multilabel" and not d.known.all():  # per label over its known rows
+        raw = [rank_auc(y[d.known[:, i], i], s[d.known[:, i], i])[0] if d.known[:, i].any() else np.nan
+               for i in range(d.k)]
+    else:
+        raw = rank_auc(cy, cs) if d.n else [np.nan] * d.k
+    class_auc = [None if not math.isfinite(a) else float(a) for a in raw]
     pc = {key: v[:, 0] for key, v in _per_class(task, st).items()}
     out["per_class"] = {name: {"precision": float(pc["precision"][i]), "recall": float(pc["recall"][i]),
                                "f1": float(pc["f1"][i]), "support": int(round(pc["support"][i])), "auc": class_auc[i]}
                         for i, name in enumerate(names)}
     if task == "multilabel":
         out["per_label_auc"] = class_auc
-        tp, pp, pos = (np.rint(st[key][:, 0]).astype(int) for key in ("tp", "pp", "pos"))
-        n = d.n
-        out["confusion_matrix"] = [[[int(n - pp[j] - pos[j] + tp[j]), int(pp[j] - tp[j])],
+        tp, pp, pos, n = (np.rint(st[key][:, 0]).astype(int) for key in ("tp", "pp", "pos", "known"))
+        for j, name in enumerate(names):
+            out["per_class"][name]["n"] = int(n[j])
+        out["confusion_matrix"] = [[[int(n[j] - pp[j] - pos[j] + tp[j]), int(pp[j] - tp[j])],
                                     [int(pos[j] - tp[j]), int(tp[j])]] for j in range(d.k)]
     else:
         out["confusion_matrix"] = np.rint(st["cm"][:, :, 0]).astype(int).tolist()
@@ -460,10 +476,10 @@ def weighted_auc(y, s, counts: np.ndarray) -> np.ndarray:
     Mann-Whitney's with ties counted one half. Integer counts with totals below 2**23 run in float32 (every
     value is then an integer float32 holds exactly); the final sum over positives is float64.
     """
-    y = np.asarray(y).ravel() == 1
+    y = np.asarray(y).ravel()  # 1 positive, 0 negative; anything else (-1: unknown) is left out
     s = np.asarray(s, dtype=np.float64).ravel()
     counts = np.asarray(counts)
-    neg, pos = np.flatnonzero(~y), np.flatnonzero(y)
+    neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     if not len(neg) or not len(pos) or not counts.shape[1]:
         return np.full(counts.shape[1], np.nan)
     neg, pos = neg[np.argsort(s[neg], kind="stable")], pos[np.argsort(s[pos], kind="stable")]

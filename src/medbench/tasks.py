@@ -45,12 +45,18 @@ class Task:
 
 
 class MultiLabelTask(Task):
-    """Independent sigmoid per label, binary cross-entropy; predictions at 0.5 (MedMNIST)."""
+    """Independent sigmoid per label, binary cross-entropy; predictions at 0.5 (MedMNIST).
+
+    A label of -1 (CheXpert "uncertain" kept by ``--uncertain u-ignore``) is masked out: the loss is the mean
+    over the known entries only.
+    """
 
     def loss(self, logits, labels, smoothing=None):
         eps = self.label_smoothing if smoothing is None else smoothing
-        target = labels.float() * (1 - eps) + eps / 2
-        return F.binary_cross_entropy_with_logits(logits.float(), target)
+        target = labels.float().clamp_min(0) * (1 - eps) + eps / 2
+        per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+        known = (labels >= 0).float()  # no branch on the mask: a host sync per step on a GPU
+        return (per * known).sum() / known.sum().clamp_min(1)
 
     def scores(self, logits):
         return logits.float().sigmoid()

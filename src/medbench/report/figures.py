@@ -50,14 +50,14 @@ def _arrays(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
 
 def one_vs_rest(y_true, scores, task: str, class_names: Sequence[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(name, binary truth, score)`` per curve: the positive class for binary tasks, every class
-    (one-vs-rest) for multi-class / ordinal, every label for multi-label."""
+    (one-vs-rest) for multi-class / ordinal, every label for multi-label (over its known rows: -1 is unknown)."""
     y, s = _arrays(y_true, scores)
     names = list(class_names) or [str(i) for i in range(s.shape[1])]
     if task == "binary":
         return [(names[-1] if len(names) == s.shape[1] else "positive", (y[:, 0] == s.shape[1] - 1).astype(int),
                  s[:, -1])]
     if task == "multilabel":
-        return [(_name(names, i), y[:, i].astype(int), s[:, i]) for i in range(s.shape[1])]
+        return [(_name(names, i), y[y[:, i] >= 0, i].astype(int), s[y[:, i] >= 0, i]) for i in range(s.shape[1])]
     return [(_name(names, i), (y[:, 0] == i).astype(int), s[:, i]) for i in range(s.shape[1])]
 
 
@@ -199,7 +199,7 @@ def reliability_bins(y_true, scores, task: str, bins: int = 15) -> dict:
     multi-label tasks pool every label's probability against the label's observed frequency."""
     y, s = _arrays(y_true, scores)
     if task == "multilabel":
-        conf, hit = s.reshape(-1), y.reshape(-1).astype(np.float64)
+        conf, hit = s[y >= 0], y[y >= 0].astype(np.float64)  # -1: unknown label, left out
     else:
         pred = predicted(s, task)
         conf = s[np.arange(len(s)), pred]  # binary: pred is 0 or the last column

@@ -197,8 +197,9 @@ def per_class_table(y_true, scores, task: str, class_names: Sequence[str]) -> di
     curves = F.one_vs_rest(y_true, scores, task, class_names)
     out: dict[str, dict] = {}
     if task == "multilabel":
-        for i, (name, yb, sb) in enumerate(curves):
-            p, r, f1, _ = precision_recall_fscore_support(yb, pred[:, i], average="binary", zero_division=0)
+        for i, (name, yb, sb) in enumerate(curves):  # yb, sb: the label's known rows
+            p, r, f1, _ = precision_recall_fscore_support(yb, pred[y[:, i] >= 0, i], average="binary",
+                                                          zero_division=0)
             out[str(class_names[i]) if i < len(class_names) else name] = {
                 "precision": float(p), "recall": float(r), "f1": float(f1), "support": int(yb.sum()),
                 "auc": float(roc_auc_score(yb, sb)) if 0 < yb.sum() < len(yb) else None}
@@ -221,8 +222,9 @@ def confusion(y_true, scores, task: str) -> np.ndarray:
 
     y = np.asarray(y_true).reshape(len(y_true), -1)
     pred = F.predicted(scores, task)
-    if task == "multilabel":
-        return multilabel_confusion_matrix(y, pred)
+    if task == "multilabel":  # per label over its known rows (-1: unknown)
+        return np.stack([multilabel_confusion_matrix(y[y[:, i] >= 0, i:i + 1], pred[y[:, i] >= 0, i:i + 1])[0]
+                         for i in range(y.shape[1])])
     return confusion_matrix(y[:, 0], pred, labels=list(range(np.asarray(scores).shape[1])))
 
 
@@ -235,7 +237,7 @@ def confident_errors(y_true, scores, task: str, k: int = N_ERRORS) -> list[tuple
     s = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
     pred = F.predicted(s, task)
     if task == "multilabel":
-        wrong = np.argwhere(pred != y)
+        wrong = np.argwhere((pred != y) & (y >= 0))
         conf = np.where(pred[wrong[:, 0], wrong[:, 1]] == 1, s[wrong[:, 0], wrong[:, 1]],
                         1 - s[wrong[:, 0], wrong[:, 1]])
         order = np.argsort(-conf, kind="stable")[:k]
@@ -516,5 +518,5 @@ def _gradcam_section(model, task, prep, test, y_test: np.ndarray, names: Sequenc
 
 
 def _label_set(row, names: Sequence[str]) -> str:
-    on = [_short(names, i, 10) for i in np.flatnonzero(np.asarray(row))]
+    on = [_short(names, i, 10) for i in np.flatnonzero(np.asarray(row) == 1)]
     return ", ".join(on[:2]) + ("…" if len(on) > 2 else "") if on else "none"
