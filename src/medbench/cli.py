@@ -154,7 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="+", metavar="STUDY.yaml | status DIR")
     p.add_argument("--out", type=Path, help="study folder (runs/, study.db, results.csv)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (threads divided among them)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local processes, or one Ray task per run (pip install 'medbench[ray]')")
+    p.add_argument("--address", help="ray: an existing cluster's address (default: start a local instance)")
+    p.add_argument("--cpus-per-run", type=float, help="ray: CPUs per run (default: cluster CPUs / --workers)")
+    p.add_argument("--gpus-per-run", type=float, help="ray: GPUs per run (default 1 if the cluster has GPUs)")
     p.add_argument("--db", help="results database URL (default sqlite:///OUT/study.db; postgresql+psycopg://...)")
     p.add_argument("--dry-run", action="store_true", help="validate the file and list its runs; train nothing")
     p.add_argument("--report", action="store_true", default=None, help="write each run's report.html")
@@ -374,7 +378,8 @@ def _cmd_study(args) -> int:
     if args.out is None:
         raise MedbenchError("medbench study needs --out DIR")
     counts = run_study(study, args.out, workers=args.workers, db_url=args.db, executor=args.executor,
-                       quiet=args.quiet, report=args.report, data_dir=args.data_dir)
+                       quiet=args.quiet, report=args.report, data_dir=args.data_dir, address=args.address,
+                       cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
     print(f"{counts['done']}/{counts['total']} done, {counts['failed']} failed, {counts['running']} running, "
           f"{counts['pending']} pending; results: {args.out / 'results.csv'}")
     return 0 if counts["failed"] == 0 else 1

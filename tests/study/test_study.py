@@ -1,5 +1,5 @@
-"""Studies: grid expansion and ids, the results store (exclusive claims across processes), and resumable runs
-(an 8-run study killed with SIGKILL mid-way, then finished without training any run twice)."""
+"""Studies: grid expansion and ids, the results store (exclusive claims across processes), resumable runs
+(an 8-run study killed with SIGKILL mid-way, then finished without training any run twice), the Ray executor."""
 from __future__ import annotations
 
 import csv
@@ -325,6 +325,36 @@ def test_killed_study_resumes_without_duplicates(tmp_path, medmnist_dir):
     assert all((out / "runs" / d / "metrics.json").is_file() for d in dirs)
     ids = [r["id"] for r in _results(out)]
     assert len(ids) == len(set(ids)) == 8 and all(r["status"] == "done" for r in _results(out))
+
+
+# ---- Ray ----------------------------------------------------------------------------------------------------
+def test_ray_executor_completes_the_tiny_study(tmp_path, store_url):
+    """Acceptance: the tiny study on a local Ray instance (2 tasks at once), against SQLite and PostgreSQL."""
+    path = _write(tmp_path, TINY)
+    study = load_study(path)
+    out = tmp_path / "ray"
+    counts = run_study(study, out, workers=2, executor="ray", db_url=store_url)
+    assert counts == {"total": 8, "done": 8, "failed": 0, "running": 0, "pending": 0}
+    with Store(store_url) as store:
+        rows = store.rows()
+        assert sorted(r["id"] for r in rows) == sorted(study.ids) and {r["attempts"] for r in rows} == {1}
+        pids = {r["pid"] for r in rows}
+        assert os.getpid() not in pids and len(pids) >= 2  # trained in Ray workers, two at a time
+        started = {r["id"]: r["started"] for r in rows}
+    assert all((Path(r["run_dir"]) / "metrics.json").is_file() for r in rows)
+    assert [r["status"] for r in _results(out)] == ["done"] * 8
+    assert run_study(study, out, workers=2, executor="ray", db_url=store_url) == counts  # nothing to train
+    with Store(store_url) as store:
+        assert {r["id"]: r["started"] for r in store.rows()} == started
+
+
+def test_ray_resources_are_checked(tmp_path):
+    path = _write(tmp_path, "name: one\nfixed: {dataset: breastmnist, model: cnn2, epochs: 1}\n")
+    with pytest.raises(MedbenchError, match="asks for 64 CPU"):
+        run_study(path, tmp_path / "big", executor="ray", cpus_per_run=64)
+    assert study_status(tmp_path / "big")["pending"] == 1  # nothing was claimed
+    with pytest.raises(MedbenchError, match="are for --executor ray"):
+        run_study(path, tmp_path / "big", address="127.0.0.1:6379")
 
 
 # ---- examples -----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Executors: who trains a study's runs. ``local``: N processes on this machine pulling runs from the store.
+"""Executors: who trains a study's runs. ``local``: N processes on this machine pulling runs from the store;
+``ray``: one Ray task per run, with CPU (and GPU) resources, on a local Ray instance or an existing cluster.
 
 A worker takes a run only by claiming it in the store (a conditional UPDATE), so workers, and several
 ``run_study`` calls on one database, never train the same id twice at once. A run is 'done' only after
@@ -18,7 +19,7 @@ from typing import Any
 
 from medbench.errors import MedbenchError
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,98 @@ def run_local(db_url: str, jobs: list[Job], *, workers: int = 1, report: bool = 
               flush=True)
 
 
-def run_jobs(executor: str, db_url: str, jobs: list[Job], **kwargs) -> None:
+def _ray_task(db_url: str, job: Job, threads: int, report: bool, data_dir) -> str:
+    """One run inside a Ray worker: claim it in the store (so a run is never trained twice at once, even by
+    several drivers), train it, record the outcome."""
+    import torch
+
+    from medbench.study.store import Store, this_host
+
+    torch.set_num_threads(threads)
+    pid, host = os.getpid(), this_host()
+    with Store(db_url) as store:
+        if not store.claim(job.id, pid, host, statuses=("pending",), run_dir=job.run_dir):
+            return "skipped"
+        return execute_job(store, job, report=report, data_dir=data_dir, pid=pid, host=host)
+
+
+RAY_OBJECT_STORE = 256 * 2 ** 20  # runs pass only ids and paths: a small store spares /dev/shm
+
+
+def run_ray(db_url: str, jobs: list[Job], *, workers: int = 1, address: str | None = None,
+            cpus_per_run: float | None = None, gpus_per_run: float | None = None, report: bool = False,
+            data_dir=None, quiet: bool = True) -> None:
+    """Each job as a Ray task. Without ``address`` (and no ``RAY_ADDRESS``) a local Ray instance with this
+    machine's CPUs is started and stopped again; ``address`` joins an existing cluster (whose nodes must see
+    the database, the data and the study folder at the same paths).
+
+    Resources per run: ``cpus_per_run`` (default: the cluster's CPUs / ``workers``, so ``workers`` runs at
+    once; torch uses that many threads), ``gpus_per_run`` (default 1 when the cluster has GPUs, else 0).
+    ``MEDBENCH_*`` environment variables travel to the workers.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise MedbenchError("the ray executor needs Ray: pip install 'medbench[ray]'") from None
+    if workers < 1:
+        raise MedbenchError(f"--workers must be >= 1 (got {workers})")
+    started = False
+    if not ray.is_initialized():
+        env = {k: v for k, v in os.environ.items() if k.startswith("MEDBENCH_")}
+        kw: dict[str, Any] = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=not quiet,
+                                  logging_level="WARNING")
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            kw.update(num_cpus=available_cpus(), object_store_memory=RAY_OBJECT_STORE)
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise MedbenchError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                                f"{' '.join(str(e).split())[:300]}") from None
+        started = True
+    pending: dict = {}
+    try:
+        resources = ray.cluster_resources()
+        cpus = cpus_per_run or max(1, int(resources.get("CPU", 1)) // workers)
+        gpus = gpus_per_run if gpus_per_run is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
+        if cpus > resources.get("CPU", 0) or gpus > resources.get("GPU", 0):
+            raise MedbenchError(f"each run asks for {cpus} CPU / {gpus} GPU but the Ray cluster has "
+                                f"{resources.get('CPU', 0):g} CPU / {resources.get('GPU', 0):g} GPU")
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
+        threads = max(1, int(cpus))
+        pending = {task.remote(db_url, job, threads, report, data_dir): job for job in jobs}
+        if not quiet:
+            print(f"ray: {len(jobs)} runs, {cpus:g} CPU / {gpus:g} GPU each, cluster {resources.get('CPU', 0):g} CPU "
+                  f"/ {resources.get('GPU', 0):g} GPU", flush=True)
+        from medbench.study.store import Store
+
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            try:
+                status = ray.get(ready[0])
+            except ray.exceptions.RayError as e:  # the worker process died (OOM kill, node lost)
+                status = "failed"
+                with Store(db_url) as store:
+                    store.mark_failed(job.id, f"ray task died: {type(e).__name__}")
+            if status != "skipped":
+                with Store(db_url) as store:
+                    _say(quiet, len(jobs), job, status, store)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_jobs(executor: str, db_url: str, jobs: list[Job], *, address: str | None = None,
+             cpus_per_run: float | None = None, gpus_per_run: float | None = None, **kwargs) -> None:
     if executor == "local":
+        if address or cpus_per_run or gpus_per_run:
+            raise MedbenchError("--address, --cpus-per-run and --gpus-per-run are for --executor ray")
         run_local(db_url, jobs, **kwargs)
     elif executor == "ray":
-        raise MedbenchError("the 'ray' executor is not available yet; use --executor local")
+        run_ray(db_url, jobs, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, **kwargs)
     else:
         raise MedbenchError(f"unknown executor '{executor}'; valid: {', '.join(EXECUTORS)}")

@@ -30,11 +30,14 @@ def _study(study: Study | str | os.PathLike) -> Study:
 
 def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 1,
               db_url: str | None = None, executor: str = "local", quiet: bool = True, report: bool | None = None,
-              data_dir=None) -> dict[str, int]:
+              data_dir=None, address: str | None = None, cpus_per_run: float | None = None,
+              gpus_per_run: float | None = None) -> dict[str, int]:
     """Train every run of ``study`` that is not done yet into ``out_dir/runs/<id>/``; returns the study's counts.
 
     ``db_url``: the results store (default ``sqlite:///OUT_DIR/study.db``). ``report``: write each run's
-    report.html (default: the study file's ``report``, else False). Writes ``out_dir/results.csv``.
+    report.html (default: the study file's ``report``, else False). ``executor``: ``local`` or ``ray``
+    (``address``, ``cpus_per_run``, ``gpus_per_run``: see :func:`medbench.study.executor.run_ray`).
+    Writes ``out_dir/results.csv``.
     """
     from medbench.study.executor import EXECUTORS
 
@@ -62,7 +65,8 @@ def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, w
                   f"{c['running']} running elsewhere", flush=True)
     try:
         run_jobs(executor, url, [j for j in jobs if j.id in todo], workers=workers, report=report,
-                 data_dir=data_dir, quiet=quiet)
+                 data_dir=data_dir, quiet=quiet, address=address, cpus_per_run=cpus_per_run,
+                 gpus_per_run=gpus_per_run)
     finally:
         with Store(url) as store:
             store.reset_stale()  # a worker that died (OOM, signal) leaves its run 'failed' / "interrupted"
@@ -121,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", type=Path, help="study YAML (name, grid, fixed)")
     p.add_argument("--out", required=True, type=Path, help="study directory (runs/, study.db, results.csv)")
     p.add_argument("--workers", type=int, default=1, help="parallel training processes (default 1)")
-    p.add_argument("--executor", default="local", help="local (default)")
+    p.add_argument("--executor", default="local", help="local (default) or ray")
+    p.add_argument("--address", help="ray: an existing cluster's address (default: start a local instance)")
+    p.add_argument("--cpus-per-run", type=float, help="ray: CPUs per run (default: cluster CPUs / --workers)")
+    p.add_argument("--gpus-per-run", type=float, help="ray: GPUs per run (default 1 if the cluster has GPUs)")
     p.add_argument("--db", help="results database URL (default sqlite:///OUT/study.db)")
     p.add_argument("--data-dir", help="data root (default: $MEDBENCH_DATA, else ~/.medmnist)")
     p.add_argument("--report", action="store_const", const=True, default=None,
@@ -135,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         counts = run_study(args.study, args.out, workers=args.workers, db_url=args.db, executor=args.executor,
-                           quiet=args.quiet, report=args.report, data_dir=args.data_dir)
+                           quiet=args.quiet, report=args.report, data_dir=args.data_dir, address=args.address,
+                           cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
     except MedbenchError as e:
         if args.debug:
             raise
