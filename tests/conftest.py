@@ -59,3 +59,44 @@ def make_npz(path: Path, *, n=(60, 20, 30), size=28, channels=1, num_classes=4, 
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = img, labels
     np.savez_compressed(path, **arrays)
     return path
+
+
+@pytest.fixture(scope="session")
+def chest_run(tmp_path_factory, shared_data, medmnist_dir, cache_dir) -> Path:
+    """A 2-class cnn5 run (2 epochs, 28 px) on the real chest X-ray folder: the model that predict, serve and
+    export tests use."""
+    from medbench.run import train
+
+    out = tmp_path_factory.mktemp("chest-run") / "pneumonia-cnn5"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDBENCH_DATA", str(medmnist_dir))
+        mp.setenv("MEDBENCH_CACHE", str(cache_dir))
+        train({"dataset": f"folder:{shared_data / 'chest_xray_subset'}", "model": "cnn5", "epochs": 2, "seed": 0},
+              out, quiet=True, report=False)
+    return out
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", slope=None, intercept=None,
+                center=None, width=None) -> Path:
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "OT", "anon"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if center is not None:
+        ds.WindowCenter, ds.WindowWidth = center, width
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -180,6 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("predict", parents=[common], help="predict new images with a trained run -> CSV",
+                       description="medbench predict RUN_DIR INPUTS... --out preds.csv [--cam DIR] [--tta]")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("inputs", nargs="+", help="image files (PNG/JPEG/DICOM/...), npz files, folders or globs")
+    p.add_argument("--out", required=True, type=Path, help="CSV to write: path, one column per class, label")
+    p.add_argument("--cam", type=Path, metavar="DIR", help="also write Grad-CAM overlays (PNG) into DIR")
+    p.add_argument("--tta", action="store_true", help="average with horizontally flipped views")
+    p.add_argument("--threshold", type=float, help="binary: P(positive) threshold (default: the run's Youden "
+                                                   "threshold chosen on val, else 0.5)")
+    p.add_argument("--skip-bad", action="store_true", help="unreadable files get an error cell instead of stopping")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("serve", parents=[common], help="web page + JSON API over trained runs (pip install "
+                                                       "'medbench[serve]')")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-bytes", type=int, default=10 * 2 ** 20, help="largest upload (default 10 MB)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="largest declared image (default 50 M)")
+
+    p = sub.add_parser("export", parents=[common], help="RUN_DIR/model.onnx (dynamic batch) or model.ts")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", type=Path, help="file to write (default RUN_DIR/model.onnx or model.ts)")
+
+    p = sub.add_parser("card", parents=[common], help="(re)write RUN_DIR/MODEL_CARD.md and model_card.json")
+    p.add_argument("run_dir", type=Path)
+
     p = sub.add_parser("gan", help="class-conditional DCGAN: train a generator, sample images")
     gsub = p.add_subparsers(dest="gan_command", required=True, parser_class=_Parser)
     g = gsub.add_parser("train", parents=[common], help="train a generator on a dataset's training split")
@@ -292,8 +321,9 @@ def _cmd_train(args) -> None:
         return  # one summary line per run, from rank 0
     test = json.loads((out / METRICS).read_text())["test"]
     auc = "n/a" if test["auc"] is None else f"{test['auc']:.4f}"
-    print(f"results in {out}: test auc {auc}, acc {test['acc']:.4f} "
-          f"(metrics.json, report.html, predictions/, history.csv, tb/)")
+    files = ", ".join(f for f in ("metrics.json", "report.html", "MODEL_CARD.md", "predictions/", "history.csv", "tb/")
+                      if (out / f).exists())
+    print(f"results in {out}: test auc {auc}, acc {test['acc']:.4f} ({files})")
 
 
 def _with_ci(rec: dict, key: str) -> str:
@@ -435,9 +465,41 @@ def _cmd_gan(args) -> None:
           f"losses.csv{tail}")
 
 
+def _cmd_predict(args) -> None:
+    from medbench.predict import predict_files
+
+    info = predict_files(args.run_dir, args.inputs, args.out, cam_dir=args.cam, tta=args.tta,
+                         threshold=args.threshold, skip_bad=args.skip_bad, device=args.device)
+    extra = f", {info['skipped']} unreadable (error column)" if info["skipped"] else ""
+    cams = f"; Grad-CAM overlays in {info['cam_dir']}" if info["cam_dir"] else ""
+    print(f"wrote {info['out']}: {info['images']} images{extra}{cams}")
+
+
+def _cmd_serve(args) -> None:
+    from medbench.serve import serve
+
+    serve(args.run_dirs, host=args.host, port=args.port, device=args.device, max_bytes=args.max_bytes,
+          max_pixels=args.max_pixels, quiet=args.quiet)
+
+
+def _cmd_export(args) -> None:
+    from medbench.export import export_run
+
+    path = export_run(args.run_dir, args.format, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 images [N, C, S, S] -> probabilities [N, K]")
+
+
+def _cmd_card(args) -> None:
+    from medbench.card import CARD_MD, write_model_card
+
+    write_model_card(args.run_dir, data_dir=args.data_dir)
+    print(f"wrote {args.run_dir / CARD_MD} and model_card.json")
+
+
 COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_train, "evaluate": _cmd_evaluate,
             "compare": _cmd_compare, "report": _cmd_report, "cache": _cmd_cache, "study": _cmd_study,
-            "augment-preview": _cmd_augment_preview, "gan": _cmd_gan}
+            "augment-preview": _cmd_augment_preview, "gan": _cmd_gan, "predict": _cmd_predict,
+            "serve": _cmd_serve, "export": _cmd_export, "card": _cmd_card}
 
 
 def main(argv: list[str] | None = None) -> int:

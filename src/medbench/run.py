@@ -27,6 +27,8 @@ from medbench.errors import MedbenchError
 from medbench.fileio import atomic_path, write_csv, write_json, write_text
 from medbench.metrics import acc, auc, bootstrap_metrics, compute_metrics, youden_threshold
 from medbench.models import create_model
+from medbench.card import write_model_card
+from medbench.predict import write_data_spec
 from medbench.progress import console, progress_bar
 from medbench.tasks import Task, make_task
 
@@ -243,6 +245,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / CONFIG, dump_config(cfg, provenance))
+        write_data_spec(out, ds)
         _data_checks(out, ds, quiet)
     tb = _tensorboard(out / "tb", enabled=dist.is_main)
     history: list[dict] = []
@@ -292,6 +295,8 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         tb.close()
     dist.barrier()  # rank 0 has written the best weights
     metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
+    if dist.is_main:
+        write_model_card(out, test_labels=ds["test"].labels.numpy(), data_dir=data_dir)
     if report and dist.is_main:
         from medbench.report import write_run_report
 
@@ -335,11 +340,13 @@ def _train_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, *, data_dir, qu
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / CONFIG, dump_config(cfg, provenance))
+    write_data_spec(out, ds)
     _data_checks(out, ds, quiet)
     t0 = time.perf_counter()
     est = baselines.fit(cfg.model, cfg.seed, task.name, cfg.features, ds["train"])
     seconds = time.perf_counter() - t0
     metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds, estimator=est)
+    write_model_card(out, test_labels=ds["test"].labels.numpy(), data_dir=data_dir)
     tr, va = metrics["train"], metrics["val"]
     write_csv(out / HISTORY, [{"epoch": 1, "lr": "", "train_loss": tr["loss"], "train_acc": tr["acc"],
                                "train_auc": tr["auc"], "val_loss": va["loss"], "val_acc": va["acc"],

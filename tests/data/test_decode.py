@@ -14,6 +14,8 @@ from medbench.data.decode import MAX_PIXELS, decode_image, resize_square
 from medbench.data.dicom import read_dicom
 from medbench.errors import MedbenchError
 
+from conftest import write_dicom
+
 
 @pytest.fixture(scope="module")
 def chest(shared_data) -> Path:
@@ -126,32 +128,6 @@ def test_resize_square_pad_and_crop():
 
 
 # --- DICOM written with pydicom from a real X-ray ---------------------------------------------------------
-
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", slope=None, intercept=None,
-                center=None, width=None) -> Path:
-    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), Dataset(), file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "OT", "anon"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    bits = pixels.dtype.itemsize * 8
-    ds.BitsAllocated = ds.BitsStored = bits
-    ds.HighBit, ds.PixelRepresentation = bits - 1, 0
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if center is not None:
-        ds.WindowCenter, ds.WindowWidth = center, width
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
 
 def test_dicom_8bit_mono2_and_mono1_equal_source(tmp_path, xray):
     src = decode_image(xray)[..., 0]

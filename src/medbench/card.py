@@ -1,0 +1,158 @@
+"""The model card of a run: MODEL_CARD.md for people, model_card.json for programs (``GET /model``).
+
+Written at the end of training (and rebuilt by ``medbench card RUN_DIR``). Metrics come from metrics.json;
+95 % CIs are the run's bootstrap CIs when it has them, otherwise a 1000-resample bootstrap of the test
+predictions computed here (seed 0), so every card states its uncertainty.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from medbench.errors import MedbenchError
+
+CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
+CARD_REPLICATES = 1000
+NOT_CLINICAL = ("Not for clinical use. This model is a research artefact: it has not been validated, cleared or "
+                "approved for diagnosis, screening, triage or any decision about a patient. Do not use its "
+                "outputs to make or support medical decisions.")
+SHOWN = ("acc", "auc", "balanced_acc", "f1_macro", "sensitivity", "specificity", "kappa_quadratic", "ece")
+CONFIG_SHOWN = ("model", "pretrained", "truncate", "size", "as_rgb", "fit", "recipe", "epochs", "batch_size",
+                "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "augment", "mixup", "cutmix",
+                "synthetic", "select_metric", "ensemble", "tta", "seed", "precision")
+
+
+def _test_cis(run_dir: Path, task: str, labels) -> dict:
+    from medbench.compare import read_predictions
+    from medbench.metrics import bootstrap_metrics
+
+    scores = read_predictions(run_dir / "predictions" / "test.csv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an undefined resample is reported by the CI itself (None)
+        return bootstrap_metrics(np.asarray(labels), scores, task, replicates=CARD_REPLICATES, seed=0,
+                                 metrics=["acc", "auc"])
+
+
+def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -> dict:
+    """The card as a dict. ``test_labels``: the test split's labels (to bootstrap CIs the run lacks); when not
+    given and needed, the run's dataset is loaded."""
+    from medbench.config import PROVENANCE_KEY, load_config
+    from medbench.predict import read_data_spec
+    from medbench.run import CONFIG, METRICS
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file() or not (run_dir / METRICS).is_file():
+        raise MedbenchError(f"{run_dir} is not a finished run ({CONFIG} or {METRICS} missing)")
+    cfg = load_config(run_dir / CONFIG)
+    spec = read_data_spec(run_dir, cfg, data_dir)
+    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
+    import yaml
+
+    provenance = (yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8")) or {}).get(PROVENANCE_KEY) or {}
+    test = metrics.get("test") or {}
+    cis = {k: test[k] for k in ("acc_ci", "auc_ci") if test.get(k) is not None}
+    ci_source = "the run's bootstrap" if cis else None
+    if not cis and test and (run_dir / "predictions" / "test.csv").is_file():
+        if test_labels is None:
+            from medbench.run import dataset_for
+
+            test_labels = dataset_for(cfg, data_dir)["test"].labels.numpy()
+        cis = _test_cis(run_dir, spec.task, test_labels)
+        ci_source = f"{CARD_REPLICATES} bootstrap resamples of the test predictions (seed 0)"
+    splits = {}
+    for s in ("train", "val", "test"):
+        rec = metrics.get(s)
+        if rec:
+            splits[s] = {"n": rec.get("n"), **{k: rec.get(k) for k in SHOWN if k in rec}}
+    splits.setdefault("test", {}).update({k: v for k, v in cis.items()})
+    threshold = metrics.get("threshold") or {}
+    return {
+        "name": run_dir.resolve().name,
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "dataset": spec.name,
+        "task": spec.task,
+        "classes": spec.class_names,
+        "input": {"size": cfg.size, "channels": spec.in_chans, "fit": cfg.fit,
+                  "formats": ["PNG", "JPEG", "DICOM", "BMP", "TIFF"]},
+        "metrics": splits,
+        "ci": {"level": 0.95, "source": ci_source},
+        "threshold": {"used_for_labels": threshold.get("youden") if threshold.get("youden") is not None
+                      else (0.5 if spec.task == "binary" else None),
+                      "chosen_on": threshold.get("chosen_on"), "default": threshold.get("default")}
+        if spec.task == "binary" else None,
+        "at_youden": test.get("at_youden"),
+        "training": {k: getattr(cfg, k) for k in CONFIG_SHOWN},
+        "provenance": {k: provenance.get(k) for k in ("medbench", "torch", "data_source", "data_md5", "device",
+                                                       "started") if provenance.get(k) is not None},
+        "intended_use": "Research and teaching: benchmarking and comparing image classifiers on the dataset above.",
+        "not_for_clinical_use": NOT_CLINICAL,
+    }
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _ci(rec: dict, key: str) -> str:
+    ci = rec.get(f"{key}_ci")
+    return f" (95 % CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
+
+
+def card_markdown(card: dict) -> str:
+    lines = [f"# Model card: {card['model']} on {card['dataset']}", "",
+             f"> **{card['not_for_clinical_use']}**", "",
+             "## Model", "",
+             f"- Architecture: `{card['model']}`{' from ImageNet weights' if card['pretrained'] else ''}",
+             f"- Input: {card['input']['channels']}-channel {card['input']['size']}×{card['input']['size']} images "
+             f"({card['input']['fit']} to a square, then resized); accepts {', '.join(card['input']['formats'])}",
+             f"- Trained with medbench {card['provenance'].get('medbench', '?')}, torch "
+             f"{card['provenance'].get('torch', '?')} on {card['provenance'].get('device', '?')}, started "
+             f"{card['provenance'].get('started', '?')}", "",
+             "## Data", "",
+             f"- Dataset: {card['dataset']} ({card['task']} task)",
+             f"- Source: {card['provenance'].get('data_source', 'n/a')} (md5 {card['provenance'].get('data_md5', 'n/a')})",
+             f"- {'Labels' if card['task'] == 'multilabel' else 'Classes'} ({len(card['classes'])}): "
+             + ", ".join(f"`{c}`" for c in card["classes"]), ""]
+    lines += ["## Metrics", "", "| split | n | " + " | ".join(k for k in SHOWN) + " |",
+              "|---|---|" + "---|" * len(SHOWN)]
+    for s, rec in card["metrics"].items():
+        lines.append(f"| {s} | {rec.get('n', 'n/a')} | " + " | ".join(_fmt(rec.get(k)) for k in SHOWN) + " |")
+    test = card["metrics"].get("test", {})
+    lines += ["", f"Test ACC {_fmt(test.get('acc'))}{_ci(test, 'acc')}, AUC {_fmt(test.get('auc'))}{_ci(test, 'auc')}"
+              + (f"; CIs from {card['ci']['source']}." if card["ci"]["source"] else "; no CI available."), ""]
+    if card.get("threshold"):
+        th = card["threshold"]
+        lines += [f"Predicted labels use P(positive) > {_fmt(th['used_for_labels'])}"
+                  + (f" (Youden threshold chosen on {th['chosen_on']})" if th.get("chosen_on") else "")
+                  + "; the metrics above use 0.5 (MedMNIST's rule).", ""]
+        if card.get("at_youden"):
+            y = card["at_youden"]
+            lines += ["At that threshold on test: " + ", ".join(f"{k} {_fmt(v)}" for k, v in y.items()), ""]
+    lines += ["## Training", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in card["training"].items()]
+    lines += ["", "The complete configuration is `config.yaml` in this folder (it reproduces the run).", "",
+              "## Intended use", "", card["intended_use"], "",
+              "Out of scope: any clinical use; data from other scanners, sites, populations or resolutions than the "
+              "training data without re-validation; patients or image types absent from the training set.", "",
+              "## Limitations", "",
+              "- Metrics are from one held-out test split; the CIs cover test-set sampling, not other sites or "
+              "shifts.",
+              f"- Calibration (ECE on test): {_fmt(test.get('ece'))}.",
+              "- Low-resolution inputs drop detail a specialist would use.", "",
+              "## Use", "", "```", "medbench predict RUN_DIR images/ --out predictions.csv [--cam cams/]",
+              "medbench serve RUN_DIR", "medbench export RUN_DIR --format onnx", "```", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -> dict:
+    from medbench.fileio import write_json, write_text
+
+    card = model_card(run_dir, test_labels=test_labels, data_dir=data_dir)
+    write_json(Path(run_dir) / CARD_JSON, card)
+    write_text(Path(run_dir) / CARD_MD, card_markdown(card))
+    return card

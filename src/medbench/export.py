@@ -1,0 +1,83 @@
+"""Export a run for deployment: ONNX (dynamic batch) or TorchScript, preprocessing and output scores included.
+
+The exported graph takes what medbench's datasets hold, uint8 images ``[N, C, S, S]`` (already fitted to the
+run's size and channels, e.g. by :meth:`medbench.predict.Predictor.load_image`), and returns float32 class
+probabilities ``[N, K]`` (softmax; sigmoid per label for multi-label runs; CORN class probabilities for ordinal
+CORN runs), so a runtime needs no medbench code. Files: ``RUN_DIR/model.onnx`` or ``RUN_DIR/model.ts``.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medbench.errors import MedbenchError
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
+ONNX_OPSET = 18
+
+
+class Deployable(nn.Module):
+    """uint8 images -> probabilities: the run's normalisation, network and output scores in one module."""
+
+    def __init__(self, model: nn.Module, mean, std, to_rgb: bool, task: str, num_classes: int, corn: bool):
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)))
+        self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) /
+                                       torch.tensor(std, dtype=torch.float32)).reshape(1, -1, 1, 1))
+        self.to_rgb, self.task, self.corn = to_rgb, task, corn
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.to(torch.float32)
+        if self.to_rgb:
+            x = x.expand(-1, 3, -1, -1)
+        logits = self.model(x * self.scale - self.shift).float()
+        if self.task == "multilabel":
+            return torch.sigmoid(logits)
+        if self.corn:  # P(y > k) = prod sigmoid; as exp(cumsum(logsigmoid)): ONNX has CumSum, not CumProd
+            above = torch.exp(torch.cumsum(nn.functional.logsigmoid(logits), dim=1))
+            ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
+            return torch.cat([ones, above], 1) - torch.cat([above, zeros], 1)
+        return torch.softmax(logits, dim=1)
+
+
+def deployable(predictor) -> Deployable:
+    from medbench.tasks import CornTask
+
+    p = predictor.prep
+    model = predictor.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    return Deployable(model, p.mean, p.std, bool(p.to_rgb and predictor.channels == 1), predictor.task.name,
+                      predictor.task.num_classes, isinstance(predictor.task, CornTask)).eval()
+
+
+def export_run(run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None) -> Path:
+    """Write the run's deployable model; returns the file. ONNX has a dynamic batch axis named ``batch``."""
+    from medbench.fileio import atomic_path
+    from medbench.predict import Predictor
+
+    if fmt not in FORMATS:
+        raise MedbenchError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    predictor = Predictor(run_dir, device="cpu")
+    module = deployable(predictor)
+    example = torch.zeros(2, predictor.channels, predictor.size, predictor.size, dtype=torch.uint8)
+    path = Path(out) if out else Path(run_dir) / FORMATS[fmt]
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings(), atomic_path(path) as tmp:
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice: the file still loads with torch
+            torch.jit.save(torch.jit.trace(module, example), str(tmp))
+        return path
+    from importlib.util import find_spec
+
+    if find_spec("onnx") is None or find_spec("onnxscript") is None:
+        raise MedbenchError("ONNX export needs onnx and onnxscript: pip install 'medbench[export]'")
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=["image"],
+                                    output_names=["probabilities"], opset_version=ONNX_OPSET,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        program.save(str(tmp))
+    return path

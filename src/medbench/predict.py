@@ -1,0 +1,318 @@
+"""Use a trained run on new images: the run's network with its own preprocessing, without its training data.
+
+A run directory holds what inference needs: config.yaml (model, size, normalisation, fit), dataset.json (task,
+class names, channels; written at training time) and model.safetensors. :class:`Predictor` loads them once;
+``medbench predict``, ``medbench serve`` and ``medbench export`` are thin layers over it.
+
+Preprocessing is the training one: decode (PNG/JPEG/DICOM rules of :mod:`medbench.data.decode`), convert to the
+dataset's channels, fit to a square (the run's ``fit``: pad or centre-crop) and resize to the run's ``size``
+with Lanczos, as own-data folders are cached; then the run's normalisation inside the batch pipeline.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from medbench.errors import MedbenchError
+
+DATASET_FILE = "dataset.json"
+NPZ_SUFFIX = ".npz"
+
+
+@dataclass
+class DataSpec:
+    """What a model needs to know about its data, without the data (duck-types ImageDataset for building)."""
+    name: str
+    task: str
+    class_names: list[str]
+    in_chans: int
+    size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def data_spec(ds) -> DataSpec:
+    return DataSpec(ds.name, ds.task, [str(c) for c in ds.class_names], int(ds.in_chans), int(ds.size))
+
+
+def write_data_spec(run_dir: str | os.PathLike, ds) -> None:
+    from medbench.fileio import write_json
+
+    write_json(Path(run_dir) / DATASET_FILE, asdict(data_spec(ds)))
+
+
+def read_data_spec(run_dir: str | os.PathLike, cfg=None, data_dir=None) -> DataSpec:
+    """dataset.json, or (runs from before it existed) the spec of the run's dataset, loaded once."""
+    path = Path(run_dir) / DATASET_FILE
+    if path.is_file():
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            return DataSpec(str(d["name"]), str(d["task"]), [str(c) for c in d["class_names"]], int(d["in_chans"]),
+                            int(d["size"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise MedbenchError(f"{path}: damaged ({type(e).__name__}: {e}); delete it to rebuild it from the "
+                                f"run's dataset") from None
+    if cfg is None:
+        raise MedbenchError(f"{path} missing")
+    from medbench.run import dataset_for
+
+    return data_spec(dataset_for(cfg, data_dir))
+
+
+def column_names(classes: list[str]) -> list[str]:
+    """Probability column headers: the class names, prefixed ``p_`` if one would clash with another column."""
+    clash = any(c in ("path", "label", "error") for c in classes) or len(set(classes)) != len(classes)
+    return [f"p_{i}_{c}" if clash else c for i, c in enumerate(classes)] if clash else list(classes)
+
+
+class Predictor:
+    """A run's network, ready for new images: ``probabilities(uint8 [N, C, S, S])`` and friends.
+
+    ``threshold`` (binary tasks): the decision threshold on P(positive); default the run's validation-chosen
+    (Youden) threshold from metrics.json, else 0.5. ``tta``: average with horizontally flipped views (refused
+    for runs trained with ``no_flip``).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, device: str | torch.device = "cpu", tta: bool = False,
+                 threshold: float | None = None, data_dir=None):
+        from medbench.baselines import is_baseline
+        from medbench.config import load_config
+        from medbench.run import CONFIG, METRICS, _preprocess, build_task, load_run_model
+
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / CONFIG).is_file():
+            raise MedbenchError(f"{self.run_dir} is not a run directory ({CONFIG} missing)")
+        self.cfg = cfg = load_config(self.run_dir / CONFIG)
+        if is_baseline(cfg.model):
+            raise MedbenchError(f"{self.run_dir}: {cfg.model} is a classical model; it has no saved weights to "
+                                f"predict with (medbench never unpickles scikit-learn models)")
+        if tta and cfg.no_flip:
+            raise MedbenchError(f"{self.run_dir} was trained with no_flip: flipped views (--tta) are not valid")
+        self.spec = read_data_spec(self.run_dir, cfg, data_dir)
+        self.task = build_task(cfg, self.spec)
+        self.device = torch.device(device)
+        self.model = load_run_model(self.run_dir, cfg, self.spec, self.task, self.device).eval()
+        self.prep = _preprocess(cfg, self.spec)
+        self.tta = tta
+        metrics = {}
+        if (self.run_dir / METRICS).is_file():
+            try:
+                metrics = json.loads((self.run_dir / METRICS).read_text(encoding="utf-8"))
+            except ValueError:
+                metrics = {}
+        chosen = (metrics.get("threshold") or {}).get("youden") if self.task.name == "binary" else None
+        self.threshold = float(threshold if threshold is not None else chosen if chosen is not None else 0.5)
+        self.metrics = metrics
+
+    # ---- facts ---------------------------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return self.spec.class_names
+
+    @property
+    def size(self) -> int:
+        return self.cfg.size
+
+    @property
+    def channels(self) -> int:
+        return self.spec.in_chans
+
+    # ---- images --------------------------------------------------------------------------------------------
+    def load_image(self, path: str | os.PathLike) -> torch.Tensor:
+        """One image file -> uint8 ``[C, S, S]`` exactly as training data was prepared."""
+        from medbench.data.decode import decode_image
+
+        return self.fit_array(decode_image(path, channels=self.channels))
+
+    def fit_array(self, img: np.ndarray) -> torch.Tensor:
+        """uint8 ``[H, W, C]`` (C = 1 or 3) -> ``[C, S, S]`` in the run's channels and size."""
+        from medbench.data.decode import convert_channels, resize_square
+
+        img = convert_channels(np.asarray(img, dtype=np.uint8), self.channels)
+        return torch.tensor(resize_square(img, self.size, self.cfg.fit)).permute(2, 0, 1).contiguous()
+
+    # ---- inference -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 ``[N, C, S, S]`` -> float64 ``[N, K]`` class (or label) probabilities, in batches."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != (
+                self.channels, self.size, self.size):
+            raise MedbenchError(f"expected uint8 images [N, {self.channels}, {self.size}, {self.size}], got "
+                                f"{images.dtype} {tuple(images.shape)}")
+        out = []
+        for i in range(0, len(images), self.cfg.eval_batch_size):
+            x = images[i:i + self.cfg.eval_batch_size].to(self.device)
+            p = self.task.scores(self.model(self.prep(x))).double()
+            if self.tta:
+                p = (p + self.task.scores(self.model(self.prep(x.flip(-1)))).double()) / 2
+            out.append(p.cpu())
+        k = self.task.num_classes
+        return torch.cat(out).numpy() if out else np.zeros((0, k))
+
+    def decide(self, probs: np.ndarray) -> list[str]:
+        """The predicted label per row: binary at ``threshold``; argmax; multi-label: the labels > 0.5 joined
+        with ';' (empty when none)."""
+        names = self.classes
+        if self.task.name == "binary":
+            return [names[int(p[-1] > self.threshold)] for p in probs]
+        if self.task.name == "multilabel":
+            return [";".join(n for n, on in zip(names, row > 0.5) if on) for row in probs]
+        return [names[int(i)] for i in probs.argmax(1)]
+
+    def cams(self, images: torch.Tensor, probs: np.ndarray) -> list[np.ndarray]:
+        """Grad-CAM overlays (uint8 RGB ``[S, S, 3]``) of the predicted class (multi-label: the top label)."""
+        from medbench.explain import gradcam, overlay
+
+        if self.task.name == "binary":
+            targets = [int(p[-1] > self.threshold) for p in probs]
+        else:
+            targets = [int(i) for i in probs.argmax(1)]
+        output_fn = None
+        if self.task.num_outputs != self.task.num_classes:  # CORN: explain log P(class)
+            output_fn = lambda logits: self.task.scores(logits).clamp_min(1e-12).log()  # noqa: E731
+        x = self.prep(images.to(self.device))
+        heat = gradcam(self.model, x, targets, output_fn=output_fn)
+        return [overlay(images[j], heat[j]) for j in range(len(images))]
+
+
+# ---- inputs -------------------------------------------------------------------------------------------------
+
+def _npz_images(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, uint8 [H, W, C]) for every image of an npz file: MedMNIST's ``*_images`` arrays, or ``images``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = [k for k in z.files if k.endswith("_images") or k == "images"]
+            if not keys:
+                raise MedbenchError(f"{path}: no image array (expected 'images' or MedMNIST's "
+                                    f"'train_images'/'val_images'/'test_images'); found {z.files}")
+            for key in keys:
+                arr = z[key]
+                if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3)):
+                    raise MedbenchError(f"{path}: '{key}' must be uint8 [N, H, W] or [N, H, W, 1|3], got "
+                                        f"{arr.dtype} {arr.shape}")
+                for i in range(len(arr)):
+                    img = arr[i] if arr.ndim == 4 else arr[i][..., None]
+                    yield f"{path}:{key}[{i}]", img
+    except MedbenchError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise MedbenchError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files, folders (searched recursively for images and npz files) and glob patterns -> files, in order,
+    each once. An input that matches nothing is an error naming it."""
+    from medbench.data.folders import IMAGE_EXTENSIONS
+
+    wanted = (*IMAGE_EXTENSIONS, NPZ_SUFFIX)
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in wanted
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                raise MedbenchError(f"{p}: no image or npz files in this folder (looked for {', '.join(wanted)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        elif glob.has_magic(str(item)):
+            found = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
+            if not found:
+                raise MedbenchError(f"{item}: the pattern matches no file")
+            out += found
+        else:
+            raise MedbenchError(f"{item}: no such file or folder")
+    seen, unique = set(), []
+    for f in out:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def iter_images(predictor: Predictor, files: list[Path], skip_bad: bool = False
+                ) -> Iterator[tuple[str, torch.Tensor | None, str | None]]:
+    """(name, uint8 [C, S, S] or None, error or None) per image, decoding lazily (memory stays one batch)."""
+    for f in files:
+        try:
+            if f.suffix.lower() == NPZ_SUFFIX:
+                for name, img in _npz_images(f):
+                    yield name, predictor.fit_array(img), None
+            else:
+                yield str(f), predictor.load_image(f), None
+        except MedbenchError as e:
+            if not skip_bad:
+                raise
+            yield str(f), None, str(e)
+
+
+def predict_files(run_dir: str | os.PathLike, inputs: Iterable[str | os.PathLike], out: str | os.PathLike, *,
+                  cam_dir: str | os.PathLike | None = None, tta: bool = False, threshold: float | None = None,
+                  skip_bad: bool = False, device: str = "cpu", batch_size: int | None = None) -> dict:
+    """Predict every input image into the CSV ``out`` (written atomically): ``path``, one probability column per
+    class (class names as headers), ``label``; with ``skip_bad`` an ``error`` column names unreadable files
+    (their other cells empty). ``cam_dir``: Grad-CAM overlay PNGs, one per image. Returns a summary."""
+    import csv
+
+    from medbench.fileio import atomic_path
+
+    predictor = Predictor(run_dir, device=device, tta=tta, threshold=threshold)
+    files = expand_inputs(inputs)
+    batch = batch_size or predictor.cfg.eval_batch_size
+    header = ["path", *column_names(predictor.classes), "label"] + (["error"] if skip_bad else [])
+    cam_dir = Path(cam_dir) if cam_dir else None
+    n = bad = 0
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        pending: list[tuple[str, torch.Tensor]] = []
+
+        def flush():
+            nonlocal n
+            if not pending:
+                return
+            images = torch.stack([img for _, img in pending])
+            probs = predictor.probabilities(images)
+            labels = predictor.decide(probs)
+            for (name, _), p, lab in zip(pending, probs, labels):
+                writer.writerow([name, *(f"{v:.6g}" for v in p), lab] + ([""] if skip_bad else []))
+            if cam_dir is not None:
+                _write_cams(cam_dir, [nm for nm, _ in pending], predictor.cams(images, probs), start=n)
+            n += len(pending)
+            pending.clear()
+
+        for name, img, err in iter_images(predictor, files, skip_bad):
+            if img is None:
+                bad += 1
+                writer.writerow([name, *([""] * len(predictor.classes)), "", err])
+                continue
+            pending.append((name, img))
+            if len(pending) >= batch:
+                flush()
+        flush()
+        fh.flush()
+    return {"images": n, "skipped": bad, "out": str(out), "threshold": predictor.threshold,
+            "classes": predictor.classes, "cam_dir": str(cam_dir) if cam_dir else None}
+
+
+def _write_cams(cam_dir: Path, names: list[str], overlays: list[np.ndarray], start: int) -> None:
+    from PIL import Image
+
+    from medbench.fileio import atomic_path
+
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    for j, (name, img) in enumerate(zip(names, overlays)):
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name.split(":")[0]).stem)[:60]
+        with atomic_path(cam_dir / f"{start + j:05d}_{stem}.png") as tmp:
+            Image.fromarray(img).save(tmp, format="PNG")
