@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncate", type=int, default=0, metavar="K", help="--info: also count with K stages dropped")
 
     p = sub.add_parser("train", parents=[common], help="train one run into a run directory")
-    p.add_argument("--out", required=True, type=Path, help="run directory to create")
+    p.add_argument("--out", type=Path, help="run directory to create")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a killed run from its last complete epoch (its own config; no other settings)")
     p.add_argument("--config", type=Path, help="YAML run config (e.g. a run's config.yaml); flags override it")
     for flag, field, kw in TRAIN_FLAGS:
         p.add_argument(flag, dest=field, default=None, **kw)
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate with horizontally flipped views averaged in")
     p.add_argument("--deterministic", action="store_const", const=True, default=None,
                    help="deterministic kernels (slower; same seed gives the same result)")
+    p.add_argument("--detect-anomaly", dest="detect_anomaly", action="store_const", const=True, default=None,
+                   help="debugging: stop at the first backward step that makes NaN/inf, naming the operation")
     p.add_argument("--compile", action="store_const", const=True, default=None,
                    help="torch.compile the model (slower first epoch, faster after)")
     p.add_argument("--no-report", action="store_true", help="skip report.html (and the TensorBoard figures)")
@@ -168,8 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
-    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html, or a study's report",
+                       description="medbench report RUN_DIR | medbench report STUDY_DIR [--db URL]")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR|STUDY_DIR")
+    p.add_argument("--db", help="study: results database URL (default sqlite:///STUDY_DIR/study.db)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="study: resamples for CIs (default 1000)")
 
     p = sub.add_parser("augment-preview", parents=[common], help="a picture of original vs augmented samples")
     p.add_argument("--dataset", required=True)
@@ -240,7 +247,7 @@ def _train_settings(args) -> dict:
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
     for key in ("pretrained", "as_rgb", "no_flip", "skip_bad", "allow_outside_root", "tta", "deterministic",
-                "compile"):
+                "compile", "detect_anomaly"):
         if getattr(args, key) is not None:
             settings[key] = True
     settings.update(parse_overrides(args.overrides))
@@ -315,8 +322,26 @@ def _cmd_train(args) -> None:
     from medbench.config import resolve_config
     from medbench.run import METRICS, train
 
-    cfg = resolve_config(_train_settings(args), where="train")
-    out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet, report=not args.no_report)
+    from medbench.errors import MedbenchError
+
+    if args.resume is not None:
+        from medbench.config import load_config
+        from medbench.run import CONFIG
+
+        given = [f for f in ("out", "config", "overrides") if getattr(args, f, None)]
+        given += [field for _, field, _ in TRAIN_FLAGS if getattr(args, field) is not None]
+        if given:
+            raise MedbenchError(f"--resume continues the run with its own config.yaml; drop "
+                                f"{', '.join('--' + g.replace('_', '-') for g in given)}")
+        if not (args.resume / CONFIG).is_file():
+            raise MedbenchError(f"{args.resume} is not a run directory ({CONFIG} missing); nothing to resume")
+        out = train(load_config(args.resume / CONFIG), args.resume, data_dir=args.data_dir, quiet=args.quiet,
+                    report=not args.no_report, resume=True)
+    else:
+        if args.out is None:
+            raise MedbenchError("medbench train needs --out RUN_DIR (or --resume RUN_DIR)")
+        cfg = resolve_config(_train_settings(args), where="train")
+        out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet, report=not args.no_report)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one summary line per run, from rank 0
     test = json.loads((out / METRICS).read_text())["test"]
@@ -431,6 +456,14 @@ def _cmd_cache(args) -> None:
 
 
 def _cmd_report(args) -> None:
+    from medbench.study.store import DB_NAME
+
+    if args.db or (args.run_dir / DB_NAME).is_file():
+        from medbench.study import write_study_report
+
+        paths = write_study_report(args.run_dir, db_url=args.db, data_dir=args.data_dir, replicates=args.bootstrap)
+        print(f"wrote {paths['html']}, {paths['markdown']} and {paths['summary']}")
+        return
     from medbench.report import write_run_report
 
     path = write_run_report(args.run_dir, data_dir=args.data_dir, quiet=True)

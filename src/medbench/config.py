@@ -95,6 +95,8 @@ class RunConfig(BaseModel):
     # reproducibility and hardware
     seed: int = 0
     deterministic: bool = False
+    detect_anomaly: bool = Field(False, description="debugging: autograd anomaly detection (slow); stops at the "
+                                                    "first backward step that makes NaN/inf")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, "

@@ -135,9 +135,11 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
     model.train()
     freeze_frozen_norms(model)
     total = torch.zeros(2, device=split.images.device)  # loss sum, samples
+    first_bad = torch.full((), -1, dtype=torch.long, device=split.images.device)  # first non-finite loss step
     scores, labels = [], []
     start = time.perf_counter()
-    for x, y in iterate_batches(split, batch_size, shuffle=True, generator=generator, shard=(dist.rank, dist.world)):
+    for step, (x, y) in enumerate(iterate_batches(split, batch_size, shuffle=True, generator=generator,
+                                                  shard=(dist.rank, dist.world)), start=1):
         if augment is not None:
             x = augment(x)
         x = prep(x)
@@ -159,6 +161,7 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
         sched.step()
         total[0] += loss.detach() * len(y)  # stays on the device: no sync per step
         total[1] += len(y)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         scores.append(task.scores(logits.detach()))
         labels.append(y)
         if bar is not None:
@@ -166,7 +169,8 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
     loss_sum, seen = dist.all_sum(total).tolist()
     seconds = time.perf_counter() - start
     return {"loss": loss_sum / max(seen, 1), "scores": torch.cat(scores).cpu().double().numpy(),
-            "labels": torch.cat(labels).cpu().numpy(), "seconds": seconds, "images_per_s": seen / seconds}
+            "labels": torch.cat(labels).cpu().numpy(), "seconds": seconds, "images_per_s": seen / seconds,
+            "first_bad_step": int(first_bad)}
 
 
 @torch.inference_mode()

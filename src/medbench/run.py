@@ -34,6 +34,7 @@ from medbench.tasks import Task, make_task
 
 CONFIG, WEIGHTS, METRICS, HISTORY = "config.yaml", "model.safetensors", "metrics.json", "history.csv"
 CHECKPOINTS, CHECKPOINT_INDEX = "checkpoints", "index.json"
+RESUME = "resume.safetensors"  # the last complete epoch's full training state; removed when the run finishes
 # metrics also reported at the validation-chosen (Youden) threshold of binary tasks
 YOUDEN_KEYS = ("threshold", "acc", "balanced_acc", "sensitivity", "specificity", "precision_macro", "recall_macro",
                "f1_macro", "f1_weighted", "confusion_matrix")
@@ -177,6 +178,91 @@ class KeptCheckpoints:
             (self.folder / e["file"]).unlink(missing_ok=True)
 
 
+def _save_resume(out: Path, model, opt, sched, precision, gen: torch.Generator, device: torch.device,
+                 info: dict) -> None:
+    """Everything needed to continue after epoch ``info["epoch"]`` exactly: weights, optimizer, scheduler,
+    gradient scaler, every RNG, history and best-so-far. One safetensors file (tensors; the rest as JSON in its
+    metadata), written atomically: a crash leaves the previous epoch's file."""
+    import random
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    plain: dict = {}
+    for pid, st in osd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                plain.setdefault(str(pid), {})[name] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.batches"] = gen.get_state()
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+    np_state = np.random.get_state()
+    state = {**info, "optimizer": {"param_groups": osd["param_groups"], "state": plain},
+             "scheduler": sched.state_dict(),
+             "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+             "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "rng_python": random.getstate()}
+    with atomic_path(out / RESUME) as tmp:
+        save_file(tensors, str(tmp), metadata={"medbench_resume": json.dumps(state)})
+
+
+def _load_resume(out: Path, cfg: RunConfig) -> tuple[dict, dict]:
+    """(tensors, state) of ``out/resume.safetensors``; a clear error when missing, damaged or from other settings."""
+    from safetensors import safe_open
+
+    path = out / RESUME
+    if not path.is_file():
+        done = (out / METRICS).is_file()
+        raise MedbenchError(f"{out}: nothing to resume ({RESUME} missing): "
+                            + ("the run already finished" if done else
+                               "it was killed before its first epoch ended; delete the folder and train again"))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads(f.metadata()["medbench_resume"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors' own error types for truncated or corrupt files
+        raise MedbenchError(f"{path}: damaged resume state ({type(e).__name__}: {e}); delete it and retrain") from None
+    if state.get("config") != cfg.model_dump(mode="json"):
+        raise MedbenchError(f"{path} was saved with other settings than {out / CONFIG}; refusing to mix them")
+    return tensors, state
+
+
+def _restore(tensors: dict, state: dict, model, opt, sched, precision, gen: torch.Generator,
+             device: torch.device) -> None:
+    import random
+
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    groups = state["optimizer"]["param_groups"]
+    for g in groups:
+        for key, v in g.items():
+            if isinstance(v, list) and key != "params":
+                g[key] = tuple(v)  # JSON turned tuples (betas) into lists
+    ostate: dict = {int(pid): dict(v) for pid, v in state["optimizer"]["state"].items()}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            ostate.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": ostate, "param_groups": groups})
+    for group in opt.param_groups:  # moments in the parameter's memory layout (channels_last), as Adam made them
+        for param in group["params"]:
+            st = opt.state.get(param, {})
+            for name, v in st.items():
+                if torch.is_tensor(v) and v.shape == param.shape and v.stride() != param.stride():
+                    st[name] = torch.empty_like(param).copy_(v)
+    sched.load_state_dict(state["scheduler"])
+    if precision.scaler is not None and state.get("scaler"):
+        precision.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    gen.set_state(tensors["rng.batches"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    name, keys, *rest = state["rng_numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["rng_python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 def kept_checkpoints(run_dir: Path, k: int) -> list[Path]:
     """The files of the ``k`` best kept checkpoints, best first; a clear error when fewer were kept."""
     index = Path(run_dir) / CHECKPOINTS / CHECKPOINT_INDEX
@@ -193,18 +279,28 @@ def _fmt(v) -> str:
 
 def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None, quiet: bool = False,
           dataset: ImageDataset | None = None, on_epoch: Callable[[dict], bool] | None = None,
-          report: bool = True) -> Path:
+          report: bool = True, resume: bool = False) -> Path:
     """Train one run into ``out`` and evaluate its best epoch on every split. Returns the run directory.
 
     ``dataset`` lets library users pass an :class:`ImageDataset` they built; otherwise ``config.dataset``
     is loaded from the data root. ``on_epoch`` is called after every epoch with the history row plus
     ``best_epoch``, ``is_best``, ``model`` and ``train_seconds``; returning True stops training there.
     ``report`` writes report.html (and the final ROC and confusion-matrix figures to TensorBoard).
+
+    After every epoch the full training state goes to ``out/resume.safetensors``; ``resume=True`` continues a
+    killed run from it (``config`` must be the run's own config.yaml) and, with ``deterministic``, ends with
+    exactly the metrics of an uninterrupted run.
     """
     cfg = config if isinstance(config, RunConfig) else resolve_config(dict(config))
     out = Path(out)
-    if (out / CONFIG).exists():
-        raise MedbenchError(f"{out} already holds a run ({CONFIG} exists); choose another --out or delete it")
+    if resume:
+        if not (out / CONFIG).is_file():
+            raise MedbenchError(f"{out} is not a run directory ({CONFIG} missing); nothing to resume")
+        if is_baseline(cfg.model):
+            raise MedbenchError(f"{cfg.model} is a classical model fitted in one step: nothing to resume, retrain")
+    elif (out / CONFIG).exists():
+        raise MedbenchError(f"{out} already holds a run ({CONFIG} exists); choose another --out, delete it, or "
+                            f"continue a killed run with --resume {out}")
     dist, device = distributed.setup(resolve_device(cfg.device))
     dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
     quiet = quiet or not dist.is_main
@@ -242,26 +338,44 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                   **({"weights_source": model.weights_source} if getattr(model, "weights_source", None) else {}),
                   **({"synthetic": synthetic} if synthetic else {}),
                   "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if dist.is_main:
+    history: list[dict] = []
+    kept = KeptCheckpoints(out, cfg.keep_checkpoints)
+    best, best_epoch = -math.inf, 0
+    train_seconds = 0.0
+    start = 1
+    if resume:
+        tensors, state = _load_resume(out, cfg)
+        _restore(tensors, state, model, opt, sched, precision, gen, device)
+        history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
+        kept.entries, train_seconds, start = state["kept"], state["train_seconds"], state["epoch"] + 1
+        del tensors
+        if not quiet:
+            console.print(f"resuming {out} after epoch {state['epoch']} of {cfg.epochs}")
+    elif dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / CONFIG, dump_config(cfg, provenance))
         write_data_spec(out, ds)
         _data_checks(out, ds, quiet)
     tb = _tensorboard(out / "tb", enabled=dist.is_main)
-    history: list[dict] = []
-    kept = KeptCheckpoints(out, cfg.keep_checkpoints)
-    best, best_epoch = -math.inf, 0
-    t0 = time.perf_counter()
-    train_seconds = 0.0
+    t0 = time.perf_counter() - train_seconds
     try:
-        with progress_bar(f"{cfg.model} on {ds.name}", total=cfg.epochs * spe, enabled=not quiet) as bar:
-            for epoch in range(1, cfg.epochs + 1):
+        with progress_bar(f"{cfg.model} on {ds.name}", total=(cfg.epochs - start + 1) * spe,
+                          enabled=not quiet) as bar, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
+            for epoch in range(start, cfg.epochs + 1):
                 lr = opt.param_groups[0]["lr"]
-                tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen, bar,
-                                     dist, augment=augment, mix=mix)
+                last = f"{out / RESUME} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
+                try:
+                    tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen,
+                                         bar, dist, augment=augment, mix=mix)
+                except RuntimeError as e:
+                    if not cfg.detect_anomaly:
+                        raise
+                    raise MedbenchError(f"epoch {epoch}: autograd anomaly: {' '.join(str(e).split())[:400]} "
+                                        f"Last good state: {last}") from None
                 if not math.isfinite(tr["loss"]):
-                    raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}; lower --lr or check "
-                                        f"the data. Last good weights are in {out / WEIGHTS}")
+                    step = f", first at step {tr['first_bad_step']}" if tr.get("first_bad_step", -1) > 0 else ""
+                    raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}{step}; lower --lr or check "
+                                        f"the data (--detect-anomaly finds the operation). Last good state: {last}")
                 val_logits = predict_logits(net, val_split, prep, precision, cfg.eval_batch_size, dist=dist)
                 val = _val_record(task, val_split.labels, val_logits)
                 train_m = _epoch_metrics(task, tr["labels"], tr["scores"])
@@ -281,6 +395,10 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                 if dist.is_main:
                     kept.offer(model, cfg, epoch, score)
                     write_csv(out / HISTORY, history)
+                    _save_resume(out, model, opt, sched, precision, gen, device, {
+                        "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history,
+                        "kept": kept.entries, "train_seconds": time.perf_counter() - t0,
+                        "config": cfg.model_dump(mode="json")})
                 bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
                 if not quiet:
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {tr['loss']:.4f}  val auc {_fmt(val['auc'])}"
@@ -302,6 +420,8 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
 
         _final_figures(out, ds, task)
         write_run_report(out, dataset=ds, data_dir=data_dir, quiet=quiet)
+    if dist.is_main:
+        (out / RESUME).unlink(missing_ok=True)  # finished: the metrics and weights are final
     if not quiet:
         console.print(f"best epoch {best_epoch} by val {cfg.select_metric}; "
                       f"test auc {_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}; "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 
 _API = {"Study": "grid", "StudyRun": "grid", "load_study": "grid", "build_study": "grid", "run_id": "grid",
-        "run_study": "runner", "study_status": "runner", "Store": "store"}
+        "run_study": "runner", "study_status": "runner", "Store": "store", "write_study_report": "report"}
 __all__ = list(_API)
 
 

@@ -37,7 +37,8 @@ def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, w
     ``db_url``: the results store (default ``sqlite:///OUT_DIR/study.db``). ``report``: write each run's
     report.html (default: the study file's ``report``, else False). ``executor``: ``local`` or ``ray``
     (``address``, ``cpus_per_run``, ``gpus_per_run``: see :func:`medbench.study.executor.run_ray`).
-    Writes ``out_dir/results.csv``.
+    Writes ``out_dir/results.csv`` and the study report (``report.html``, ``results.md``, ``summary.json``;
+    :func:`medbench.study.report.write_study_report`).
     """
     from medbench.study.executor import EXECUTORS
 
@@ -72,7 +73,22 @@ def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, w
             store.reset_stale()  # a worker that died (OOM, signal) leaves its run 'failed' / "interrupted"
             write_results(study, out_dir, store)
             counts = store.counts(study.ids)
+    if counts["done"]:
+        _study_report(study, out_dir, url, data_dir, quiet)
     return counts
+
+
+def _study_report(study: Study, out_dir: Path, url: str, data_dir, quiet: bool) -> None:
+    """The comparison report; a failure here is reported, never fatal: the runs and results.csv are safe."""
+    from medbench.study.report import write_study_report
+
+    try:
+        paths = write_study_report(out_dir, study=study, db_url=url, data_dir=data_dir)
+    except MedbenchError as e:
+        print(f"medbench: study report not written: {e}", file=sys.stderr)
+        return
+    if not quiet:
+        print(f"study report: {paths['html']} (tables also in {paths['markdown']})", flush=True)
 
 
 def _cell(v: Any) -> Any:

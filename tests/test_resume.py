@@ -1,0 +1,105 @@
+"""Crash safety of training: a run SIGKILLed mid-way resumes to exactly the metrics of an uninterrupted run;
+a non-finite loss stops the run with one line naming the epoch and step."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors import safe_open
+
+from medbench.cli import main
+from medbench.run import RESUME
+
+ARGS = ["--dataset", "breastmnist", "--model", "cnn5", "--epochs", "4", "--deterministic", "--seed", "3",
+        "--quiet", "--no-report"]
+
+
+def _env(medmnist_dir):
+    return {**os.environ, "MEDBENCH_DATA": str(medmnist_dir), "OMP_NUM_THREADS": "1"}
+
+
+def _medbench(args, env, **kw):
+    return subprocess.run([sys.executable, "-m", "medbench", *args], env=env, capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def _resume_epoch(path) -> int | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["medbench_resume"])["epoch"]
+    except Exception:  # not there yet, or being replaced
+        return None
+
+
+def _history(path):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in csv.DictReader(f)]
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, medmnist_dir):
+    """Acceptance: kill after epoch 2 of 4, resume, compare metrics.json (deterministic mode, same seed)."""
+    env = _env(medmnist_dir)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    r = _medbench(["train", *ARGS, "--out", str(full)], env)
+    assert r.returncode == 0, r.stderr
+    assert not (full / RESUME).exists()  # a finished run drops its resume state
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "train", *ARGS, "--out", str(killed)], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if (_resume_epoch(killed / RESUME) or 0) >= 2:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
+    assert not (killed / "metrics.json").exists()
+    stopped_after = _resume_epoch(killed / RESUME)
+    assert stopped_after in (2, 3)
+    r = _medbench(["train", "--resume", str(killed), "--quiet", "--no-report"], env)  # same threads as the others
+    assert r.returncode == 0, r.stderr
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a == b  # every metric of every split, exactly
+    assert _history(full / "history.csv") == _history(killed / "history.csv")
+    assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
+    assert not (killed / RESUME).exists()
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, medmnist_dir, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "breastmnist", "--model", "cnn2", "--epochs", "1", "--out", str(run),
+                 "--quiet", "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "the run already finished" in err
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert "drop --epochs" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["train", "--dataset", "breastmnist", "--out", str(run), "--quiet"]) == 2
+    assert f"--resume {run}" in capsys.readouterr().err
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):
+    args = ["train", "--dataset", "breastmnist", "--model", "cnn5", "--epochs", "3", "--set", "optimizer=sgd",
+            "--lr", "1e8", "--quiet", "--no-report"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "training loss is nan in epoch 1, first at step" in err
+    assert "Last good state: none (first epoch)" in err and not (tmp_path / "a" / "metrics.json").exists()
+    with pytest.warns(UserWarning, match="Error detected in"):  # anomaly mode shows the forward traceback
+        assert main([*args, "--out", str(tmp_path / "b"), "--detect-anomaly"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "epoch 1: autograd anomaly: Function" in err and "returned nan values" in err
