@@ -175,15 +175,16 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, split: Split, prep: Preprocess, precision: Precision,
-                   batch_size: int, bar=None, dist: Dist = Dist()) -> torch.Tensor:
-    """Logits (float32, CPU) for every image of ``split``, in order; each rank predicts its block once."""
+                   batch_size: int, bar=None, dist: Dist = Dist(), flip: bool = False) -> torch.Tensor:
+    """Logits (float32, CPU) for every image of ``split``, in order; each rank predicts its block once.
+    ``flip``: of the horizontally flipped images (flipped a batch at a time, never the whole split)."""
     model.eval()
     mine = dist.block(len(split))
     part = type(split)(split.images[mine], split.labels[mine])
     out = []
     for x, _ in iterate_batches(part, batch_size):
         with precision.autocast():
-            out.append(model(prep(x)).float())
+            out.append(model(prep(x.flip(-1) if flip else x)).float())
         if bar is not None:
             bar.advance(1)
     logits = torch.cat(out) if out else torch.empty(0, device=split.images.device)

@@ -595,10 +595,9 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
         model = load_run_model(run_dir, cfg, ds, task, device, weights=path)
         for s in needed:
             sp = ds[s]
+            part = type(sp)(sp.images.to(device), sp.labels.to(device))
             for flip in range(views):
-                images = sp.images.flip(-1) if flip else sp.images
-                part = type(sp)(images.to(device), sp.labels.to(device))
-                logits = predict_logits(model, part, prep, precision, cfg.eval_batch_size, dist=dist)
+                logits = predict_logits(model, part, prep, precision, cfg.eval_batch_size, dist=dist, flip=bool(flip))
                 p = task.scores(logits).double()
                 probs[s] = p if s not in probs else probs[s] + p
                 if len(members) == 1 and views == 1:

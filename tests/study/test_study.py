@@ -152,9 +152,8 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(params=BACKENDS)
-def store_url(request, tmp_path):
-    if request.param == "sqlite":
+def _fresh_store(request, tmp_path, backend: str) -> str:
+    if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'store' / 'study.db'}"
     from medbench.study.store import metadata
     from sqlalchemy import create_engine
@@ -164,6 +163,11 @@ def store_url(request, tmp_path):
     metadata.drop_all(engine)  # a fresh table for every test
     engine.dispose()
     return url
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request, tmp_path):
+    return _fresh_store(request, tmp_path, request.param)
 
 
 RACE = """\
@@ -241,9 +245,13 @@ def test_run_study_end_to_end_and_resume_is_a_no_op(tmp_path):
         metrics = json.loads((run_dir / "metrics.json").read_text())
         assert float(r["test_auc"]) == pytest.approx(metrics["test"]["auc"])
         assert float(r["gap_auc"]) == pytest.approx(metrics["gap"]["auc"]) and float(r["seconds"]) > 0
+    report = out / "report.html"  # the study's comparison report, written after the runs
+    assert report.is_file() and "## Leaderboard" in (out / "results.md").read_text()
+    written = report.stat().st_mtime_ns
     with Store(f"sqlite:///{out / 'study.db'}") as store:
         started = {r["id"]: r["started"] for r in store.rows()}
         assert run_study(study, out) == counts  # nothing left to train
+        assert report.stat().st_mtime_ns == written  # nor to report again
         assert {r["id"]: r["started"] for r in store.rows()} == started
         assert {r["attempts"] for r in store.rows()} == {1}
     assert study_status(out) == counts == study_status(f"sqlite:///{out / 'study.db'}")
@@ -328,8 +336,15 @@ def test_killed_study_resumes_without_duplicates(tmp_path, medmnist_dir):
 
 
 # ---- Ray ----------------------------------------------------------------------------------------------------
-def test_ray_executor_completes_the_tiny_study(tmp_path, store_url):
-    """Acceptance: the tiny study on a local Ray instance (2 tasks at once), against SQLite and PostgreSQL."""
+@pytest.fixture
+def shared_store(request, tmp_path):
+    """The store a cluster would share: PostgreSQL where a server can be had (as in CI), else SQLite."""
+    return _fresh_store(request, tmp_path, BACKENDS[-1])
+
+
+def test_ray_executor_completes_the_tiny_study(tmp_path, shared_store):
+    """Acceptance: the tiny study on a local Ray instance (2 tasks at once), its results in the shared store."""
+    store_url = shared_store
     path = _write(tmp_path, TINY)
     study = load_study(path)
     out = tmp_path / "ray"

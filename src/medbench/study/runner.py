@@ -73,7 +73,7 @@ def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, w
             store.reset_stale()  # a worker that died (OOM, signal) leaves its run 'failed' / "interrupted"
             write_results(study, out_dir, store)
             counts = store.counts(study.ids)
-    if counts["done"]:
+    if counts["done"] and (todo or not (out_dir / "report.html").is_file()):  # a no-op rerun keeps its report
         _study_report(study, out_dir, url, data_dir, quiet)
     return counts
 
