@@ -360,17 +360,25 @@ def test_youden_threshold_with_ties_and_extremes(seed):
 
 # ---- bootstrap ----
 
-def test_resample_counts_are_the_documented_resamples():
+@pytest.mark.parametrize("block", [2 ** 22, 700])  # one draw, or blocks of two replicates (bounded memory)
+def test_resample_counts_are_the_documented_resamples(monkeypatch, block):
     import torch
 
-    for n, reps, seed in ((1, 3, 0), (7, 20, 1), (300, 40, 2)):
+    from medbench import metrics
+
+    monkeypatch.setattr(metrics, "RESAMPLE_BLOCK", block)
+    for n, reps, seed in ((1, 3, 0), (7, 20, 1), (300, 41, 2)):
         counts = resample_counts(n, reps, seed)
         idx = torch.randint(0, n, (reps, n), generator=torch.Generator().manual_seed(seed)).numpy()
         expected = np.stack([np.bincount(r, minlength=n) for r in idx], 1)
         assert counts.dtype == np.uint8 and counts.shape == (n, reps) and np.array_equal(counts, expected)
 
 
-def test_weighted_auc_equals_sklearn_with_sample_weights():
+@pytest.mark.parametrize("block", [2 ** 23, 2000])  # all replicates at once, or 5 at a time (bounded memory)
+def test_weighted_auc_equals_sklearn_with_sample_weights(monkeypatch, block):
+    from medbench import metrics
+
+    monkeypatch.setattr(metrics, "AUC_BLOCK", block)
     rng = np.random.default_rng(4)
     y = (rng.random(400) < 0.3).astype(int)
     s = np.round(rng.random(400) + 0.3 * y, 1)

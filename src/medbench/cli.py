@@ -348,7 +348,8 @@ def _cmd_train(args) -> None:
     auc = "n/a" if test["auc"] is None else f"{test['auc']:.4f}"
     files = ", ".join(f for f in ("metrics.json", "report.html", "MODEL_CARD.md", "predictions/", "history.csv", "tb/")
                       if (out / f).exists())
-    print(f"results in {out}: test auc {auc}, acc {test['acc']:.4f} ({files})")
+    acc = "n/a" if test["acc"] is None else f"{test['acc']:.4f}"
+    print(f"results in {out}: test auc {auc}, acc {acc} ({files})")
 
 
 def _with_ci(rec: dict, key: str) -> str:

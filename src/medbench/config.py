@@ -187,11 +187,24 @@ def read_yaml(path: str | os.PathLike, what: str = "config file") -> Any:
     """A YAML file through the safe loader (never constructs objects); missing or invalid: one clear error."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise MedbenchError(f"{what} {path} not found") from None
+        raise MedbenchError(f"{what} {path} not found; check the path") from None
+    except IsADirectoryError:
+        raise MedbenchError(f"{path} is a folder, not a {what}; give the YAML file itself (a run's is "
+                            f"RUN_DIR/config.yaml)") from None
+    except UnicodeDecodeError as e:
+        raise MedbenchError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the {what} as UTF-8") from None
+    except OSError as e:
+        raise MedbenchError(f"{path}: cannot read the {what} ({e.strerror or e}); check the path and its "
+                            f"permissions") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise MedbenchError(f"{path}: not valid YAML ({e})".replace("\n", " ")) from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise MedbenchError(f"{path}: not valid YAML{where} ({problem}); fix the syntax there") from None
     return {} if data is None else data
 
 
@@ -212,7 +225,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise MedbenchError(f"--set expects KEY=VALUE, got '{item}'")
-        settings[key.strip()] = yaml.safe_load(value)
+        try:
+            settings[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise MedbenchError(f"--set {item}: the value is not valid YAML ({problem}); fix or quote it, e.g. "
+                                f"--set milestones=[0.5,0.75]") from None
     return settings
 
 

@@ -1,12 +1,16 @@
 """Atomic file writes: a reader sees the old file or the new one, never a half-written one."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from medbench.errors import MedbenchError
 
 
 def _umask() -> int:
@@ -15,22 +19,52 @@ def _umask() -> int:
     return mask
 
 
+# errno values that mean "no room": a full disk, a file-size limit (ulimit -f), a disk quota
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def no_room(e: BaseException) -> int | None:
+    """The errno when ``e`` says the disk (or a size limit or quota) is full: an ``OSError``, or another library's
+    error that carries the OS error in its text (safetensors: "... File too large (os error 27)")."""
+    if isinstance(e, OSError) and e.errno in _NO_ROOM:
+        return e.errno
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m and int(m.group(1)) in _NO_ROOM else None
+
+
+def no_room_error(path: str | os.PathLike, code: int) -> MedbenchError:
+    return MedbenchError(f"cannot write {path}: {os.strerror(code)} (the disk, a disk quota or the file-size limit "
+                         f"is full); free some space and run again (the previous {Path(path).name}, if any, is "
+                         f"unchanged)")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces ``path`` (fsync + rename)."""
+    """Yield a temporary path in the target's folder; on success it replaces ``path`` (fsync + rename).
+
+    On any failure the temporary file is removed and ``path`` keeps its old content (or stays absent); a full disk
+    (or file-size limit, or quota) becomes one :class:`MedbenchError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; results should be as readable as any other file
-    os.close(fd)
-    tmp = Path(tmp)
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600 files; results should be as readable as any other file
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        os.close(fd)
         yield tmp
+        os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file they were given
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        code = no_room(e)
+        if code is not None:
+            raise no_room_error(path, code) from e
+        raise
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 

@@ -29,10 +29,28 @@ from scipy import sparse
 from scipy.stats import norm, rankdata
 from threadpoolctl import ThreadpoolController
 
+from medbench.errors import InvalidScoresError
+
 TASK_NAMES = ("binary", "multiclass", "multilabel", "ordinal")
 ECE_BINS = 15
 LOG_LOSS_EPS = 1e-15  # probabilities are clipped to [LOG_LOSS_EPS, 1] before the log
 _ECE_INNER_EDGES = np.linspace(0.0, 1.0, ECE_BINS + 1)[1:-1]
+
+
+def check_finite(scores: np.ndarray, what: str = "scores") -> None:
+    """NaN or infinite scores make every metric meaningless (a NaN compares False, so it would silently count as a
+    negative): :class:`InvalidScoresError` (a ``ValueError``) naming how many and where the first one is."""
+    finite = np.isfinite(scores)
+    if finite.all():
+        return
+    bad = np.argwhere(~finite)[0]
+    first = scores[tuple(bad)]
+    n_nan, n_inf = int(np.isnan(scores).sum()), int(np.isinf(scores).sum())
+    kinds = " and ".join(k for k in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "") if k)
+    where = f"row {bad[0]}" + (f", column {bad[1]}" if len(bad) > 1 else "")
+    raise InvalidScoresError(f"{what} hold {kinds} value(s) (the first, {first}, at {where}); metrics need finite "
+                             f"probabilities: a model whose training diverged gives NaN, so retrain it (e.g. with a "
+                             f"lower --lr) or fix the predictions file")
 
 
 def _as_arrays(y_true, scores):
@@ -44,6 +62,12 @@ def _as_arrays(y_true, scores):
         s = s[:, None]
     if y.shape[0] != s.shape[0]:
         raise ValueError(f"{y.shape[0]} labels but {s.shape[0]} score rows")
+    check_finite(s)
+    if y.size and y.dtype.kind not in "biu":
+        yf = y.astype(np.float64)
+        if not (np.isfinite(yf).all() and (yf == np.round(yf)).all()):
+            raise ValueError("labels must be whole numbers (class indices, or 0/1/-1 per label); found "
+                             f"{yf[~(np.isfinite(yf) & (yf == np.round(yf)))][0]}")
     return y, s
 
 
@@ -79,14 +103,23 @@ def auc(y_true, scores, task: str) -> float | None:
     return None if any(a is None for a in per) else sum(per) / s.shape[1]
 
 
-def acc(y_true, scores, task: str, threshold: float = 0.5) -> float:
+def acc(y_true, scores, task: str, threshold: float = 0.5) -> float | None:
+    """MedMNIST's accuracy; ``None`` with a warning when undefined (no samples; multi-label: a label without any
+    known entry)."""
     y, s = _as_arrays(y_true, scores)
+    if not len(y):
+        warnings.warn("accuracy undefined: no samples; reported as null", stacklevel=2)
+        return None
     if task == "binary":
         return float(np.mean(y[:, 0] == (s[:, -1] > threshold)))
     if task == "multilabel":  # per label over its known (>= 0) entries, then the mean over labels
         known, hit = y >= 0, y == (s > threshold)
-        with np.errstate(invalid="ignore"):
-            return float(np.mean((hit & known).sum(0) / known.sum(0)))
+        counts = known.sum(0)
+        if not counts.all():
+            warnings.warn(f"accuracy undefined: label(s) {np.flatnonzero(counts == 0).tolist()} have no known "
+                          f"(0/1) entry; reported as null", stacklevel=2)
+            return None
+        return float(np.mean((hit & known).sum(0) / counts))
     return float(np.mean(y[:, 0] == s.argmax(axis=1)))
 
 
@@ -186,14 +219,16 @@ def _one_blas_thread():
     return _BLAS[0].limit(limits=1, user_api="blas")
 
 
-def _weighted_sums(ints: np.ndarray, real: np.ndarray, counts: np.ndarray, chunk: int = 256):
+def _weighted_sums(ints: np.ndarray, real: np.ndarray, counts: np.ndarray, chunk: int | None = None):
     """``ints @ counts``, ``real @ counts`` (float64 [rows, B]) and the total weight per column.
 
     Integer weights whose column totals stay below 2**24 use a float32 product for the 0/1 rows: every partial
     sum is then an integer that float32 holds exactly. The real rows always use float64. Columns are taken
-    ``chunk`` at a time, so the float copies of the (usually uint8) count matrix stay small.
+    ``chunk`` at a time (default: 256, fewer for large splits), so the float copies of the (usually uint8) count
+    matrix stay small.
     """
     n, reps = counts.shape
+    chunk = chunk or max(1, min(256, AUC_BLOCK // max(n, 1)))
     if ints.shape[1] != n:
         raise ValueError(f"{ints.shape[1]} samples but a weight matrix for {n}")
     total = counts.sum(axis=0, dtype=np.int64 if np.issubdtype(counts.dtype, np.integer) else np.float64)
@@ -361,7 +396,7 @@ def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_
         raise ValueError(f"{len(names)} class names for {d.k} {'labels' if task == 'multilabel' else 'classes'}")
     st = _stats(d, np.ones((d.n, 1), np.uint8))
     sc = {name: v[0] for name, v in _scalars(task, st).items()}
-    out = {"acc": acc(y, s, task, threshold) if d.n else _json_float(np.nan, "acc"), "auc": auc(y, s, task),
+    out = {"acc": acc(y, s, task, threshold), "auc": auc(y, s, task),
            "n": d.n}
     for name in scalar_names(task)[2:]:
         out[name] = _json_float(sc[name], name)
@@ -428,6 +463,10 @@ def youden_threshold(y_true, scores) -> float | None:
 
 # ---- bootstrap: all replicates at once ----
 
+RESAMPLE_BLOCK = 2 ** 22  # indices drawn at once by resample_counts (32 MB of int64)
+AUC_BLOCK = 2 ** 23  # samples x replicates handled at once by weighted_auc (bounds its float temporaries)
+
+
 def resample_counts(n: int, replicates: int, seed: int = 0) -> np.ndarray:
     """[n, replicates]: how often each sample is drawn in each resample with replacement.
 
@@ -435,15 +474,22 @@ def resample_counts(n: int, replicates: int, seed: int = 0) -> np.ndarray:
     uint8 when they fit (they always do in practice: a count of 256 needs n >= 256 and odds far below 1e-300),
     which keeps the memory traffic 4x lower than int32; otherwise int32.
     """
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (replicates, n), generator=g)
-    counts = torch.zeros(replicates, n, dtype=torch.uint8)
-    counts.scatter_add_(1, idx, torch.ones(1, dtype=torch.uint8).expand(replicates, n))
-    out = counts.T.contiguous().numpy()
+    def draw(dtype):
+        # the index matrix is drawn a block of replicates at a time (the generator's stream is the same as one
+        # call), so memory stays near the counts themselves: 8 bytes per index would be 1.1 GB for 140,000
+        # samples x 1000 replicates
+        g = torch.Generator().manual_seed(seed)
+        counts = torch.zeros(n, replicates, dtype=dtype)  # filled in place: no transposed copy
+        block = max(1, RESAMPLE_BLOCK // max(n, 1))
+        for start in range(0, replicates, block):
+            rows = min(block, replicates - start)
+            idx = torch.randint(0, n, (rows, n), generator=g)
+            counts[:, start:start + rows].scatter_add_(0, idx.T, torch.ones(1, dtype=dtype).expand(n, rows))
+        return counts.numpy()
+
+    out = draw(torch.uint8)
     if n >= 256 and not (out.sum(axis=0, dtype=np.int64) == n).all():  # a count wrapped past 255
-        counts = torch.zeros(replicates, n, dtype=torch.int32)
-        counts.scatter_add_(1, idx, torch.ones(1, dtype=torch.int32).expand(replicates, n))
-        out = counts.T.contiguous().numpy()
+        out = draw(torch.int32)
     return out
 
 
@@ -492,14 +538,19 @@ def weighted_auc(y, s, counts: np.ndarray) -> np.ndarray:
     dtype = np.float32 if small else np.float64
     onto = sparse.csr_matrix((np.ones(len(neg), dtype), (segment, np.arange(len(neg)))),
                              shape=(len(cuts) + 1, len(neg)))
-    below_cut = _running_sum_rows(np.ascontiguousarray(onto @ counts[neg].astype(dtype)))  # [cut g + 1, B]
-    below, upto = below_cut[where[:len(pos)]], below_cut[where[len(pos):]]
-    w_pos = counts[pos]
-    num = np.einsum("pb,pb->b", w_pos.astype(np.float64), (below + upto).astype(np.float64)) * 0.5
-    total_pos = w_pos.sum(0, dtype=np.int64 if np.issubdtype(counts.dtype, np.integer) else np.float64)
-    total_neg = below_cut[-1].astype(np.int64) if small else below_cut[-1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / (total_pos * total_neg.astype(np.float64))
+    out = np.empty(counts.shape[1])
+    block = max(1, AUC_BLOCK // max(len(y), 1))  # replicates at a time: temporaries stay ~AUC_BLOCK values each
+    for j in range(0, counts.shape[1], block):
+        c = counts[:, j:j + block]
+        below_cut = _running_sum_rows(np.ascontiguousarray(onto @ c[neg].astype(dtype)))  # [cut g + 1, b]
+        below, upto = below_cut[where[:len(pos)]], below_cut[where[len(pos):]]
+        w_pos = c[pos]
+        num = np.einsum("pb,pb->b", w_pos.astype(np.float64), (below + upto).astype(np.float64)) * 0.5
+        total_pos = w_pos.sum(0, dtype=np.int64 if np.issubdtype(counts.dtype, np.integer) else np.float64)
+        total_neg = below_cut[-1].astype(np.int64) if small else below_cut[-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[j:j + block] = num / (total_pos * total_neg.astype(np.float64))
+    return out
 
 
 def _columns(y, s, task):
@@ -618,6 +669,8 @@ def delong_test(y_true, score_a, score_b) -> dict:
     """
     y = np.asarray(y_true).reshape(len(y_true), -1)[:, 0] == 1
     a, b = _positive_column(score_a), _positive_column(score_b)
+    check_finite(a, "scores of A")
+    check_finite(b, "scores of B")
     if not (len(a) == len(b) == len(y)):
         raise ValueError(f"{len(y)} labels but {len(a)} and {len(b)} scores")
     m, n = int(y.sum()), int((~y).sum())

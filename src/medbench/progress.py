@@ -26,7 +26,7 @@ class _Bar:
 
 @contextmanager
 def progress_bar(description: str, total: float | None, enabled: bool = True, unit: str = "steps") -> Iterator[_Bar]:
-    if not enabled:
+    if not enabled or not console.is_terminal:  # a piped or logged run gets no bar (rich would print blank lines)
         yield _Bar(None, None)
         return
     if unit == "bytes":

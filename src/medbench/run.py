@@ -616,15 +616,16 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
         # the task's own loss for one network; with averaged probabilities, their log-loss
         rec["loss"] = float(task.loss(single_logits[s], ds[s].labels, smoothing=0.0)) if s in single_logits \
             else rec["log_loss"]
-        if binary:
+        if binary and threshold is not None:  # undefined when val holds one class
             at = compute_metrics(labels[s], scores[s], task.name, threshold=threshold, class_names=ds.class_names)
             rec["at_youden"] = {k: at[k] for k in YOUDEN_KEYS if k in at}
         if bootstrap:
             rec.update(bootstrap_metrics(labels[s], scores[s], task.name, replicates=bootstrap, seed=seed))
         rec["evaluation"] = setting
-        if dist.is_main:
-            write_predictions(run_dir / "predictions" / f"{s}.csv", scores[s])
         metrics[s] = rec
+    if dist.is_main:  # written once everything is computed: a failure above leaves the old files together
+        for s in splits:
+            write_predictions(run_dir / "predictions" / f"{s}.csv", scores[s])
     tr, te = metrics.get("train"), metrics.get("test")
 
     def models_of(rec):  # bootstrap CIs do not change the point estimates a gap compares

@@ -1,5 +1,5 @@
 """Data sources, each turned into an :class:`ImageDataset` of uint8 tensors."""
-from medbench.data.dataset import SPLITS, ImageDataset, Split
+from medbench.data.dataset import SPLITS, ImageDataset, Split, check_classes
 from medbench.errors import MedbenchError
 from medbench.data.medmnist import (
     CATALOGUE,
@@ -26,19 +26,24 @@ def load_dataset(name: str, size: int = 28, data_dir=None, *, download_missing: 
     (:func:`medbench.data.folders.load_folder`) or ``"csv:FILE"`` (:func:`medbench.data.tables.load_csv`).
 
     ``options`` go to the folder / CSV loader; decoded own data is cached (``medbench cache info``).
+    A single-label dataset whose train or val split holds fewer than two classes is refused
+    (:func:`medbench.data.dataset.check_classes`): nothing can be learnt, or no epoch and threshold chosen.
     """
     if name.startswith("folder:"):
         from medbench.data.cache import default_cache_dir
         from medbench.data.folders import load_folder
 
-        return load_folder(name[len("folder:"):], size=size, cache_dir=default_cache_dir(), progress=progress,
-                           **options)
-    if name.startswith("csv:"):
+        ds = load_folder(name[len("folder:"):], size=size, cache_dir=default_cache_dir(), progress=progress,
+                         **options)
+    elif name.startswith("csv:"):
         from medbench.data.cache import default_cache_dir
         from medbench.data.tables import load_csv
 
-        return load_csv(name[len("csv:"):], size=size, cache_dir=default_cache_dir(), progress=progress, **options)
-    if options:
-        raise MedbenchError(f"{', '.join(sorted(options))}: options for folder:/csv: datasets, not MedMNIST's "
-                            f"'{name}'")
-    return load_medmnist(name, size=size, data_dir=data_dir, download_missing=download_missing, progress=progress)
+        ds = load_csv(name[len("csv:"):], size=size, cache_dir=default_cache_dir(), progress=progress, **options)
+    else:
+        if options:
+            raise MedbenchError(f"{', '.join(sorted(options))}: options for folder:/csv: datasets, not MedMNIST's "
+                                f"'{name}'")
+        ds = load_medmnist(name, size=size, data_dir=data_dir, download_missing=download_missing, progress=progress)
+    check_classes(ds, ds.source or name)
+    return ds

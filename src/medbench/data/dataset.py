@@ -38,3 +38,28 @@ class ImageDataset:
 
     def __getitem__(self, split: str) -> Split:
         return self.splits[split]
+
+
+_WHY = {"train": "a classifier needs two classes at least to learn from",
+        "val": "choosing the best epoch (validation AUC) and the binary decision threshold need two classes there"}
+_FIX = {"train": "add images of the other class(es) to the training split",
+        "val": "add images of another class to the val split, or draw val from the training images with "
+               "--val-from-train 0.2"}
+
+
+def check_classes(ds: ImageDataset, source, fix: str | None = None) -> None:
+    """A single-label dataset's train and val splits must each hold two classes at least; otherwise one
+    :class:`MedbenchError` naming ``source``, the split, its class and the fix (``fix``, or a generic one)."""
+    from medbench.errors import MedbenchError
+
+    if ds.task == "multilabel":
+        return
+    for s in ("train", "val"):
+        sp = ds.splits.get(s)
+        if sp is None:
+            continue
+        present = sp.labels[:, 0].unique().tolist() if len(sp) else []
+        if len(present) >= 2:
+            continue
+        what = (f"only class {ds.class_names[present[0]]!r} ({len(sp)} image(s))" if present else "no images")
+        raise MedbenchError(f"{source}: the {s} split holds {what}; {_WHY[s]}: {fix or _FIX[s]}")

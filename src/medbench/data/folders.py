@@ -170,14 +170,16 @@ def group_ids(paths: list[str], group_regex: str | None) -> list[str]:
 
 def assign_splits(listing: FolderListing, *, val_from_train: float = 0.0, test_from_train: float = 0.0,
                   group_regex: str | None = None, seed: int = 0,
-                  group_of: dict[str, str] | None = None) -> dict[str, list[tuple[str, int]]]:
+                  group_of: dict[str, str] | None = None, source=None) -> dict[str, list[tuple[str, int]]]:
     """``{split: [(relative path, label), ...]}`` for train/val/test, drawing missing splits from train.
 
-    ``group_of`` (path -> group id) replaces ``group_regex`` when given (used for a CSV group column).
+    ``group_of`` (path -> group id) replaces ``group_regex`` when given (used for a CSV group column). Errors
+    start with ``source`` (the folder or CSV file; default the listing's root).
     """
+    where = f"{source if source is not None else listing.root}: "
     for name, frac in (("val_from_train", val_from_train), ("test_from_train", test_from_train)):
         if not 0 <= frac < 1:
-            raise MedbenchError(f"{name} must be in [0, 1), not {frac}")
+            raise MedbenchError(f"{where}{name} must be in [0, 1), not {frac}")
     present = {s: list(zip(listing.files.get(s, []), listing.labels.get(s, []))) for s in SPLITS}
     fractions = {"val": val_from_train, "test": test_from_train}
     if not listing.has_splits or not present["val"]:
@@ -185,8 +187,8 @@ def assign_splits(listing: FolderListing, *, val_from_train: float = 0.0, test_f
     if not listing.has_splits or not present["test"]:
         fractions["test"] = fractions["test"] or DEFAULT_TEST_FRACTION
     if fractions["val"] + fractions["test"] >= 1:
-        raise MedbenchError(f"val_from_train + test_from_train = {fractions['val'] + fractions['test']} leaves no "
-                            f"training images; use smaller fractions")
+        raise MedbenchError(f"{where}val_from_train + test_from_train = {fractions['val'] + fractions['test']} leaves "
+                            f"no training images; use smaller fractions")
     pool = list(present["train"])
     out = {s: [] if fractions.get(s, 0) > 0 else present[s] for s in SPLITS}
     for s in ("val", "test"):
@@ -200,8 +202,8 @@ def assign_splits(listing: FolderListing, *, val_from_train: float = 0.0, test_f
         groups = ([group_of.get(f, "file:" + f) for f, _ in pool] if group_of is not None
                   else group_ids([f for f, _ in pool], group_regex))
         if len(set(groups)) < 2:
-            raise MedbenchError(f"cannot draw a {s} split from {len(pool)} training image(s) in {len(set(groups))} "
-                                f"group(s); add images, or provide {s} images of your own")
+            raise MedbenchError(f"{where}cannot draw a {s} split from {len(pool)} training image(s) in "
+                                f"{len(set(groups))} group(s); add images, or provide {s} images of your own")
         keep, take = stratified_split(labels, fractions[s] / remaining, seed=seed + (1 if s == "val" else 0),
                                       groups=groups)
         out[s] = [pool[i] for i in take]
@@ -231,12 +233,15 @@ def _decode_all(root: Path, rel: list[str], size: int, resize: str, progress: bo
     return images, bad
 
 
-def decode_files(source, root: Path, rel: list[str], size: int, resize: str, skip_bad: bool, progress: bool):
+def decode_files(source, root: Path, rel: list[str], size: int, resize: str, skip_bad: bool, progress: bool,
+                 lines: dict[str, int] | None = None):
     """Decode ``rel`` (paths under ``root``): ``(images, bad, good indices)``. Unreadable files are one error
-    naming them (``source`` first), or with ``skip_bad`` a warning; the caller records ``bad``."""
+    naming them (``source`` first; with ``lines``, path -> line of a listing file, each with its line), or with
+    ``skip_bad`` a warning; the caller records ``bad``."""
     images, bad = _decode_all(root, rel, size, resize, progress)
     if bad and not skip_bad:
-        named = "; ".join(f"{f} ({r})" for f, r in bad[:MAX_NAMED])
+        where = (lambda f: f"line {lines[f]}: ") if lines else (lambda f: "")
+        named = "; ".join(f"{f} ({where(f)}{r})" for f, r in bad[:MAX_NAMED])
         more = f"; and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
         raise MedbenchError(f"{source}: {len(bad)} image(s) cannot be decoded: {named}{more}. Fix or remove them, "
                             f"or pass skip_bad=True (--skip-bad) to leave them out")

@@ -19,6 +19,7 @@ from medmnist.info import DEFAULT_ROOT as _MEDMNIST_ROOT
 
 from medbench.data.dataset import SPLITS, ImageDataset, Split
 from medbench.errors import MedbenchError
+from medbench.fileio import no_room, no_room_error
 from medbench.tasks import from_medmnist_task
 
 SIZES = (28, 64, 128, 224)
@@ -45,7 +46,8 @@ def _info(name: str) -> dict:
 
 def _check_size(size: int) -> None:
     if size not in SIZES:
-        raise MedbenchError(f"MedMNIST size must be one of {', '.join(map(str, SIZES))}, not {size}")
+        raise MedbenchError(f"MedMNIST size must be one of {', '.join(map(str, SIZES))}, not {size}; pass --size "
+                            f"with one of them (folder: and csv: datasets take any size)")
 
 
 def file_name(name: str, size: int = 28) -> str:
@@ -139,6 +141,8 @@ def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True,
                             got += len(chunk)
                             bar.advance(len(chunk))
                     except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+                        if no_room(e) is not None:
+                            raise
                         raise MedbenchError(f"download of {url} broke off after {got} bytes ({e}). "
                                             f"{_by_hand(name, size, dest)}") from e
             out.flush()
@@ -149,6 +153,11 @@ def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True,
             raise MedbenchError(f"download of {url} is corrupted: md5 {h.hexdigest()}, expected {md5}. "
                                 f"{_by_hand(name, size, dest)}")
         os.replace(tmp, dest)
+    except OSError as e:
+        code = no_room(e)
+        if code is None:
+            raise
+        raise no_room_error(dest, code) from e
     finally:
         tmp.unlink(missing_ok=True)
     return dest
@@ -158,21 +167,26 @@ def _fail(path, msg: str) -> MedbenchError:
     return MedbenchError(f"{path}: {msg}")
 
 
-def read_npz(path: str | os.PathLike, name: str, size: int | None = None) -> ImageDataset:
+NPZ_FIX = "delete it and run again to re-download, or replace it with the official file"
+ARRAYS_FIX = "write it again with uint8 images [N, H, W] or [N, H, W, 3] and integer labels [N, 1] (or [N, L])"
+
+
+def read_npz(path: str | os.PathLike, name: str, size: int | None = None, *, fix: str = NPZ_FIX) -> ImageDataset:
     """Read a MedMNIST-layout npz (``{split}_images``, ``{split}_labels``) into uint8 tensors, validating it.
 
-    ``name`` picks the catalogue entry that gives the task, channels and class names.
+    ``name`` picks the catalogue entry that gives the task, channels and class names. Every split must hold
+    images (one common square size: ``size`` when given). Any problem is a :class:`MedbenchError` naming the
+    file, the problem and then ``fix``.
     """
     info = _info(name)
     task = from_medmnist_task(info["task"])
     classes = [info["label"][str(i)] for i in range(len(info["label"]))]
-    fix = "delete it and run again to re-download, or replace it with the official file"
     try:
         npz = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as e:
+        raise _fail(path, "file not found; check the path") from e
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise _fail(path, f"not a readable .npz file ({e}); {fix}") from e
+        raise _fail(path, f"not a readable .npz file ({_one_line(e)}); {fix}") from e
     if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array saved under an .npz name
         raise _fail(path, f"not a readable .npz file (it holds a single .npy array, not named arrays); {fix}")
     with npz:
@@ -185,34 +199,47 @@ def read_npz(path: str | os.PathLike, name: str, size: int | None = None) -> Ima
             try:
                 images, labels = npz[f"{s}_images"], npz[f"{s}_labels"]
             except Exception as e:  # noqa: BLE001 - a damaged member fails in zlib, zipfile or numpy's header parser
-                raise _fail(path, f"array {s}_images/{s}_labels cannot be read ({type(e).__name__}: {e}); {fix}") from e
-            splits[s] = arrays_to_split(path, s, images, labels, task, classes, info["n_channels"], size)
+                raise _fail(path, f"array {s}_images/{s}_labels cannot be read ({type(e).__name__}: "
+                                  f"{_one_line(e)}); {fix}") from e
+            split = arrays_to_split(path, s, images, labels, task, classes, info["n_channels"], size, fix=fix)
+            if not len(split):
+                raise _fail(path, f"{s}_images holds no images; {fix}")
+            size = split.images.shape[-1]  # every split at the size of the first
+            splits[s] = split
     return ImageDataset(name=name, task=task, class_names=classes, splits=splits,
                         size=splits["train"].images.shape[-1], source=str(path))
 
 
-def arrays_to_split(path, s, images, labels, task, classes, n_channels, size) -> Split:
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def arrays_to_split(path, s, images, labels, task, classes, n_channels, size, *, fix: str = ARRAYS_FIX) -> Split:
+    """Validate one split's arrays from ``path`` -> a :class:`Split`; any problem names the file, then ``fix``."""
+    def fail(msg: str) -> MedbenchError:
+        return _fail(path, f"{msg}; {fix}")
+
     if images.dtype != np.uint8:
-        raise _fail(path, f"{s}_images has dtype {images.dtype}, expected uint8")
+        raise fail(f"{s}_images has dtype {images.dtype}, expected uint8")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise _fail(path, f"{s}_images has shape {images.shape}, expected (N, H, W) or (N, H, W, 3)")
+        raise fail(f"{s}_images has shape {images.shape}, expected (N, H, W) or (N, H, W, 3)")
     n, h, w, c = images.shape
     if c != n_channels:
-        raise _fail(path, f"{s}_images has {c} channel(s), the catalogue says {n_channels}")
-    if h != w or (size is not None and h != size):
-        raise _fail(path, f"{s}_images are {h}x{w}, expected {size or h}x{size or h}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise _fail(path, f"{s}_labels has dtype {labels.dtype}, expected integers")
+        raise fail(f"{s}_images has {c} channel(s), the catalogue says {n_channels}")
+    if h != w or h < 1 or (size is not None and h != size):
+        raise fail(f"{s}_images are {h}x{w}, expected {size or max(h, 1)}x{size or max(h, 1)}")
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise fail(f"{s}_labels has dtype {labels.dtype}, expected integers")
     width = len(classes) if task == "multilabel" else 1
     if labels.ndim == 1 and width == 1:
         labels = labels[:, None]
     if labels.shape != (n, width):
-        raise _fail(path, f"{s}_labels has shape {labels.shape}, expected ({n}, {width})")
+        raise fail(f"{s}_labels has shape {labels.shape}, expected ({n}, {width})")
     hi = 1 if task == "multilabel" else len(classes) - 1
     if n and (labels.min() < 0 or labels.max() > hi):
-        raise _fail(path, f"{s}_labels has values in [{labels.min()}, {labels.max()}], expected [0, {hi}]")
+        raise fail(f"{s}_labels has values in [{labels.min()}, {labels.max()}], expected [0, {hi}]")
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     return Split(images=x, labels=torch.from_numpy(labels.astype(np.int64)))
 
@@ -236,8 +263,12 @@ def load_medmnist(name: str, size: int = 28, data_dir=None, *, download_missing:
         download(name, size, data_dir, progress=progress)
     got = md5sum(path)
     if got != md5:
+        by_hand = _by_hand(name, size, path)
+        by_hand = by_hand[0].lower() + by_hand[1:]
+        # name what is wrong inside the file when something is; the MD5 alone says only that it is not the official one
+        read_npz(path, name, size, fix=f"it is not the official file either (md5 {got}, MedMNIST lists {md5}), so "
+                                       f"it is not used: delete it to re-download, or {by_hand}")
         raise MedbenchError(f"{path} has md5 {got}, but MedMNIST lists {md5} for it: the file is corrupted or "
-                            f"from another release, so it is not used. Delete it to re-download, or "
-                            f"{_by_hand(name, size, path)[0].lower()}{_by_hand(name, size, path)[1:]}")
+                            f"from another release, so it is not used. Delete it to re-download, or {by_hand}")
     st = path.stat()
     return _load_cached(str(path.resolve()), name, size, st.st_mtime_ns, st.st_size)

@@ -29,6 +29,7 @@ from medbench.errors import MedbenchError
 
 UNCERTAIN = ("u-ones", "u-zeros", "u-ignore")
 _SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+MAX_UNUSED_SHOWN = 5
 _MULTI = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "": 0, "-1": -1, "-1.0": -1}
 
 
@@ -65,7 +66,16 @@ def _single_labels(csv_path, rows, col) -> tuple[list[int], list[str]]:
         neg = [line for (line, _), i in zip(values, ints) if i < 0]
         if neg:
             raise MedbenchError(f"{csv_path}: line {neg[0]}: negative class id in {col!r}; class ids are 0, 1, ...")
-        return ints, [str(i) for i in range(max(ints) + 1)]
+        k = max(ints) + 1
+        used = set(ints)
+        if len(used) < k:  # ids with no row at all: classes nothing can be learnt or scored for (1-based ids?)
+            unused = [str(i) for i in range(min(k, len(used) + MAX_UNUSED_SHOWN)) if i not in used]
+            top = next(line for (line, _), i in zip(values, ints) if i == k - 1)
+            raise MedbenchError(f"{csv_path}: line {top}: class id {k - 1} in {col!r}, but {k - len(used)} smaller "
+                                f"id(s) never occur (e.g. {', '.join(unused[:MAX_UNUSED_SHOWN])}); integer labels are "
+                                f"class ids 0..K-1 with every id used: renumber them (1-based ids: subtract 1), or "
+                                f"write class names instead")
+        return ints, [str(i) for i in range(k)]
     names = sorted({v for _, v in values})
     index = {n: i for i, n in enumerate(names)}
     return [index[v] for _, v in values], names
@@ -117,6 +127,9 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
         if not value:
             raise MedbenchError(f"{csv_path}: line {line}: empty image path in column {image_col!r}; fill it in or "
                                 f"remove the row")
+        if "\x00" in value:
+            raise MedbenchError(f"{csv_path}: line {line}: image path {value!r} in column {image_col!r} holds a NUL "
+                                f"character; fix the path")
         full = (root / value).resolve()
         if full.is_relative_to(root):
             paths.append(full.relative_to(root).as_posix())
@@ -164,11 +177,16 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
                     group_regex=group_regex, seed=seed, skip_bad=skip_bad, image_col=image_col,
                     label_cols=list(label_cols), allow_outside_root=allow_outside_root)
 
+    line_of: dict[str, int] = {}
+    for (line, _), p in zip(rows, paths):
+        line_of.setdefault(p, line)
+
     def build() -> ImageDataset:
         assigned = assign_splits(listing, val_from_train=val_from_train, test_from_train=test_from_train,
-                                 group_regex=group_regex, seed=seed, group_of=group_of)
+                                 group_regex=group_regex, seed=seed, group_of=group_of, source=csv_path)
         order = [(s, f, y) for s in SPLITS for f, y in assigned[s]]
-        images, bad, good = decode_files(csv_path, root, [f for _, f, _ in order], size, resize, skip_bad, progress)
+        images, bad, good = decode_files(csv_path, root, [f for _, f, _ in order], size, resize, skip_bad, progress,
+                                         lines=line_of)
         c = channels if channels is not None else (1 if all(is_grey(images[i]) for i in good) else 3)
         width = len(class_names) if multilabel else 1
         splits, out_files = {}, {}
