@@ -5,6 +5,7 @@ A missing data folder is an error, not a skip: CI must never pass by testing not
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,31 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric="MONOCHROME2", sl
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; .ci/run installs it (playwright drives it, no browser download)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+
+
+@contextmanager
+def offline_page(viewport=(1280, 900)):
+    """A headless Chromium page and a list that collects its console errors, page errors and every request
+    that is not file: or data: (a self-contained report makes none)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is missing: pip install -e '.[test]'")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: apt-get install -y chromium (.ci/run installs it)")
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+            page.on("request", lambda r: None if r.url.startswith(("file:", "data:"))
+                    else errors.append(f"network request: {r.url}"))
+            yield page, errors
+        finally:
+            browser.close()

@@ -18,8 +18,6 @@ from medbench.report import figures as F
 from medbench.report import write_run_report
 from medbench.report.run_report import confident_errors, fmt
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 FIGURES = {"curves", "roc", "pr", "confusion", "confusion-normalized", "reliability", "errors", "gradcam"}
 HEADINGS = ["Summary metrics", "Training curves", "ROC and precision–recall curves (test)", "Confusion matrix (test)",
             "Calibration (test)", "Per-class metrics (test)", "Most confident errors (test)", "Grad-CAM (test)",
@@ -99,39 +97,20 @@ def _scalar_metrics(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if not k.endswith("_ci") and (v is None or isinstance(v, (int, float)))}
 
 
-def _launch(playwright):
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: the report test needs Debian's chromium "
-                    f"(apt-get install -y chromium; .ci/run installs it)")
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-
-
 def test_report_renders_in_chromium(report, run_dir, tmp_path):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the playwright package is missing: pip install -e '.[test]'")
+    from conftest import offline_page
+
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    errors: list[str] = []
     shot = tmp_path / "report.png"
-    with sync_playwright() as pw:
-        browser = _launch(pw)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("request", lambda r: None if r.url.startswith(("file:", "data:"))
-                    else errors.append(f"network request: {r.url}"))
-            page.goto(report.as_uri(), wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => ({figure: i.dataset.figure, "
-                                   "ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))")
-            headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent.trim())")
-            cells = page.evaluate("Array.from(document.querySelectorAll('#summary td[data-metric]')).map(td => "
-                                  "[td.dataset.split, td.dataset.metric, td.textContent.trim()])")
-            title = page.title()
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with offline_page() as (page, errors):
+        page.goto(report.as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => ({figure: i.dataset.figure, "
+                               "ok: i.complete && i.naturalWidth > 0, w: i.naturalWidth}))")
+        headings = page.evaluate("Array.from(document.querySelectorAll('h2')).map(h => h.textContent.trim())")
+        cells = page.evaluate("Array.from(document.querySelectorAll('#summary td[data-metric]')).map(td => "
+                              "[td.dataset.split, td.dataset.metric, td.textContent.trim()])")
+        title = page.title()
+        page.screenshot(path=str(shot), full_page=True)
 
     assert errors == []
     assert images and all(i["ok"] for i in images), [i for i in images if not i["ok"]]

@@ -34,8 +34,6 @@ fixed: {epochs: 1}
 REPLICATES = 400
 SEED = 3
 SECTIONS = ("leaderboard", "gap", "published", "significance", "chextransfer")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -258,33 +256,19 @@ def test_study_argument_lists_missing_runs(study_dir, tmp_path, medmnist_dir):
 
 
 def test_report_renders_in_chromium(study_dir):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("the playwright package is missing: pip install -e '.[test]'")
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: the report test needs Debian's chromium")
+    from conftest import offline_page
+
     report = study_dir["paths"]["html"]
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("request", lambda r: None if r.url.startswith(("file:", "data:"))
-                    else errors.append(f"network request: {r.url}"))
-            page.goto(report.as_uri(), wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => ({figure: i.dataset.figure, "
-                                   "ok: i.complete && i.naturalWidth > 0}))")
-            tables = page.evaluate("Array.from(document.querySelectorAll('table')).map(t => ({id: t.id, "
-                                   "rows: t.querySelectorAll('tbody tr').length, "
-                                   "section: t.closest('section') && t.closest('section').id}))")
-            sections = page.evaluate("Array.from(document.querySelectorAll('main > section')).map(s => s.id)")
-            board = page.evaluate("Array.from(document.querySelectorAll('#leaderboard-breastmnist td[data-arm]'))"
-                                  ".map(td => td.dataset.arm)")
-        finally:
-            browser.close()
+    with offline_page() as (page, errors):
+        page.goto(report.as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => ({figure: i.dataset.figure, "
+                               "ok: i.complete && i.naturalWidth > 0}))")
+        tables = page.evaluate("Array.from(document.querySelectorAll('table')).map(t => ({id: t.id, "
+                               "rows: t.querySelectorAll('tbody tr').length, "
+                               "section: t.closest('section') && t.closest('section').id}))")
+        sections = page.evaluate("Array.from(document.querySelectorAll('main > section')).map(s => s.id)")
+        board = page.evaluate("Array.from(document.querySelectorAll('#leaderboard-breastmnist td[data-arm]'))"
+                              ".map(td => td.dataset.arm)")
     assert errors == []
     assert sections == list(SECTIONS)
     assert images and all(i["ok"] for i in images), images

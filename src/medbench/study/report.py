@@ -711,19 +711,9 @@ def _chextransfer(sections: Sequence[Section], axes: Sequence[str], level: float
             rows.append((arm, row))
             points.append({k: v for k, v in row.items() if k != "reps"})
         if out["has_pretrained_axis"]:
-            brows = [{**r, "group": _json_key({k: v for k, v in a.config.items() if k != "pretrained"})}
-                     for a, r in rows]
-            for b in pretraining_boost(brows, level):
-                b["section"] = sec.title
-                b["group"] = _group_text(sec, b["group"], drop=("pretrained",))
-                boosts.append(b)
+            boosts += _by_other_settings(sec, rows, "pretrained", pretraining_boost, level)
         if out["has_truncate_axis"]:
-            trows = [{**r, "group": _json_key({k: v for k, v in a.config.items() if k != "truncate"})}
-                     for a, r in rows]
-            for t in truncation_efficiency(trows, level):
-                t["section"] = sec.title
-                t["group"] = _group_text(sec, t["group"], drop=("truncate",))
-                truncs.append(t)
+            truncs += _by_other_settings(sec, rows, "truncate", truncation_efficiency, level)
         # Spearman over architectures, for each setting of everything else (pretrained, scratch, ...)
         groups: dict[str, list[dict]] = {}
         for a, r in rows:
@@ -740,6 +730,16 @@ def _chextransfer(sections: Sequence[Section], axes: Sequence[str], level: float
                               "models": [r["model"] for r in grows], **res})
     points.sort(key=lambda p: (p["section"], -p["auc"]))
     out.update(points=points, boost=boosts, truncation=truncs, spearman=spear)
+    return out
+
+
+def _by_other_settings(sec: Section, rows: list, axis: str, analysis, level: float) -> list[dict]:
+    """``analysis`` (pretraining boost, truncation efficiency) within each setting of every axis but ``axis``."""
+    grouped = [{**r, "group": _json_key({k: v for k, v in a.config.items() if k != axis})} for a, r in rows]
+    out = analysis(grouped, level)
+    for item in out:
+        item["section"] = sec.title
+        item["group"] = _group_text(sec, item["group"], drop=(axis,))
     return out
 
 
