@@ -72,7 +72,10 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, medmnist_d
     b = json.loads((killed / "metrics.json").read_text())
     assert a == b  # every metric of every split, exactly
     assert _history(full / "history.csv") == _history(killed / "history.csv")
-    assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
+    # the same best weights (equal values: a zero's sign may differ between the two processes' kernel paths)
+    with safe_open(str(full / "model.safetensors"), "pt") as fa, safe_open(str(killed / "model.safetensors"), "pt") as fb:
+        assert fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
+        assert [k for k in fa.keys() if not fa.get_tensor(k).equal(fb.get_tensor(k))] == [], stopped_after
     assert not (killed / RESUME).exists()
 
 
