@@ -611,6 +611,19 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[list[float] | None, 
     return [float(v) for v in np.percentile(valid, [lo, hi])], valid
 
 
+def percentile_ci(values, level: float = 0.95) -> list[float] | None:
+    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the finite values (None if none)."""
+    return _percentiles(np.asarray(values, dtype=np.float64), level)[0]
+
+
+def bootstrap_p(diffs) -> float | None:
+    """Two-sided paired-bootstrap p of a difference: ``min(1, 2 min(P(d <= 0), P(d >= 0)))`` over the finite
+    replicates (None if none)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    return min(1.0, 2 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0)))) if len(d) else None
+
+
 def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
@@ -721,8 +734,8 @@ def compare_predictions(y_true, scores_a, scores_b, task: str, *, replicates: in
     out = {}
     for name in ("auc", "acc"):
         va, vb = ((auc(y, sc, task) if name == "auc" else acc(y, sc, task, threshold)) for sc in (sa, sb))
-        ci, diffs = _percentiles(reps[0][name] - reps[1][name], level)
-        p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))) if len(diffs) else None
+        diffs = reps[0][name] - reps[1][name]
+        ci, p = percentile_ci(diffs, level), bootstrap_p(diffs)
         out[name] = {"value_a": va, "value_b": vb, "diff": None if va is None or vb is None else va - vb,
                      "diff_ci": ci, "p_value": p}
     if task == "binary":

@@ -43,6 +43,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from medbench import metrics
 from medbench.errors import MedbenchError
 from medbench.study import published as P
 
@@ -72,27 +73,13 @@ def mean_std(values: Iterable[Any]) -> dict:
 
 
 def percentile_ci(replicates: np.ndarray | None, level: float = LEVEL) -> list[float] | None:
-    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of the finite replicates (None if none)."""
-    if replicates is None:
-        return None
-    vals = np.asarray(replicates, dtype=np.float64)
-    vals = vals[np.isfinite(vals)]
-    if not len(vals):
-        return None
-    lo, hi = np.percentile(vals, [(100 - 100 * level) / 2, (100 + 100 * level) / 2])
-    return [float(lo), float(hi)]
+    """:func:`medbench.metrics.percentile_ci`, None for a missing replicate set."""
+    return None if replicates is None else metrics.percentile_ci(replicates, level)
 
 
 def bootstrap_p(diffs: np.ndarray | None) -> float | None:
-    """Two-sided paired-bootstrap p of a difference: ``min(1, 2 min(P(d <= 0), P(d >= 0)))`` over finite
-    replicates (as :func:`medbench.metrics.compare_predictions`)."""
-    if diffs is None:
-        return None
-    d = np.asarray(diffs, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if not len(d):
-        return None
-    return min(1.0, 2 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
+    """:func:`medbench.metrics.bootstrap_p` (as in ``compare_predictions``), None for missing replicates."""
+    return None if diffs is None else metrics.bootstrap_p(diffs)
 
 
 def mean_replicates(per_run: Sequence[np.ndarray]) -> np.ndarray | None:
