@@ -4,7 +4,7 @@ import torch
 from medbench.config import resolve_config
 from medbench.data.dataset import Split
 from medbench.data.loader import Preprocess, iterate_batches
-from medbench.engine import build_optimizer, build_scheduler, steps_per_epoch
+from medbench.engine import WeightEMA, build_optimizer, build_scheduler, steps_per_epoch
 
 
 def _lrs(settings, steps_per_epoch_):
@@ -64,3 +64,24 @@ def test_preprocess_normalises_and_repeats_grey():
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
     out = Preprocess(0.5, 0.5, to_rgb=True)(x)
     assert out.shape == (2, 3, 1, 1) and out[:, 0].view(-1).tolist() == pytest.approx([-1.0, 1.0])
+
+
+def test_weight_ema_averages_parameters_and_buffers_with_a_warm_up():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = WeightEMA(model, decay=0.9)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for t in range(1, 31):
+        model(torch.randn(8, 3)).square().mean().backward()  # moves the weights and the BatchNorm statistics
+        opt.step()
+        opt.zero_grad()
+        ema.update()
+        d = min(0.9, (1 + t) / (10 + t))  # 2/11 at first: early weights are not frozen in
+        for k, v in model.state_dict().items():
+            expected[k] = d * expected[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+    got = ema.module.state_dict()
+    for k, v in expected.items():
+        assert torch.allclose(got[k], v, atol=1e-6), k
+    assert got["1.num_batches_tracked"] == 30 and not any(p.requires_grad for p in ema.module.parameters())
+    assert not torch.allclose(got["0.weight"], model[0].weight)  # an average, not a copy

@@ -16,8 +16,9 @@ from safetensors import safe_open
 from medbench.cli import main
 from medbench.run import RESUME
 
+# with weight EMA: the averaged weights are part of the state a resumed run must continue from
 ARGS = ["--dataset", "breastmnist", "--model", "cnn5", "--epochs", "4", "--deterministic", "--seed", "3",
-        "--quiet", "--no-report"]
+        "--ema", "0.9", "--quiet", "--no-report"]
 
 
 def _env(medmnist_dir):

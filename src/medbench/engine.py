@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import random
 import time
@@ -121,13 +122,40 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return full + (rest >= 2 * world)  # iterate_batches skips a too-small trailing batch when shuffling
 
 
+class WeightEMA:
+    """An exponential moving average of a model's weights (parameters and float buffers), updated after every
+    optimiser step; ``module`` is the averaged copy, used for validation and saved as the run's weights.
+
+    The decay warms up as min(decay, (1 + t) / (10 + t)) after t updates, so that on small datasets (a few hundred
+    steps in all) the average is not dominated by the random initialisation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.source, self.decay, self.updates = model, decay, 0
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _pairs(self):
+        mine, theirs = self.module.state_dict(), self.source.state_dict()
+        return [(mine[k], theirs[k]) for k in mine]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        pairs = self._pairs()
+        floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [b.detach() for _, b in floats], 1.0 - d)
+        for a, b in pairs:  # counters (BatchNorm's num_batches_tracked) follow the model
+            if not a.is_floating_point():
+                a.copy_(b)
+
+
 def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep: Preprocess,
                     precision: Precision, batch_size: int, generator: torch.Generator, bar=None,
-                    dist: Dist = Dist(), augment=None, mix=None) -> dict:
+                    dist: Dist = Dist(), augment=None, mix=None, ema: WeightEMA | None = None) -> dict:
     """One pass over ``split``; returns the mean loss and the (augmented, train-mode) scores and labels.
 
     ``augment`` maps each uint8 batch to an augmented uint8 batch; ``mix`` (a :class:`medbench.augment.BatchMix`)
-    mixes the normalised batch and the loss.
+    mixes the normalised batch and the loss; ``ema`` is updated after every optimiser step.
 
     Under data parallelism each rank sees its share of every batch; loss and throughput cover all ranks,
     scores and labels are this rank's.
@@ -159,6 +187,8 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
             loss.backward()
             opt.step()
         sched.step()
+        if ema is not None:
+            ema.update()
         total[0] += loss.detach() * len(y)  # stays on the device: no sync per step
         total[1] += len(y)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
