@@ -32,6 +32,19 @@ def _stats(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
 
 
+def _acc_at_half(run: Path) -> float:
+    """Test ACC at MedMNIST's 0.5 threshold, from the saved predictions (for runs whose headline is Youden's)."""
+    import numpy as np
+
+    from medbench.config import load_config
+    from medbench.metrics import acc
+    from medbench.run import dataset_for
+
+    scores = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
+    labels = dataset_for(load_config(run / "config.yaml"))["test"].labels.numpy()
+    return acc(labels, scores, "binary")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
@@ -43,22 +56,26 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
     args = ap.parse_args()
     overrides = parse_overrides(args.overrides)
-    rows = []
+    rows, settings = [], None
     with tempfile.TemporaryDirectory() as tmp:
         where = args.keep or Path(tmp)
         for seed in args.seeds:
             cfg = resolve_config({"dataset": args.dataset, "recipe": args.recipe, "size": args.size, "seed": seed,
                                   **overrides}, where="accuracy")
+            settings = cfg.model_dump(mode="json", exclude={"seed"})
             t0 = time.perf_counter()
             run = train(cfg, where / f"{args.dataset}-{args.recipe}{args.tag}-s{seed}", quiet=True, report=False)
             wall = time.perf_counter() - t0
             m = json.loads((run / "metrics.json").read_text())
             rows.append({"seed": seed, "test_auc": m["test"]["auc"], "test_acc": m["test"]["acc"],
-                         "val_auc": m["val"]["auc"], "val_acc": m["val"]["acc"], "wall_s": round(wall, 1)})
+                         "val_auc": m["val"]["auc"], "val_acc": m["val"]["acc"], "wall_s": round(wall, 1),
+                         **({"threshold": m["threshold"]["headline"],
+                             "test_acc_at_0.5": m["test"]["acc"] if m["threshold"]["headline"] == 0.5 else
+                             _acc_at_half(run)} if "threshold" in m else {})})
             print(f"seed {seed}: test auc {m['test']['auc']:.4f} acc {m['test']['acc']:.4f} "
                   f"(val auc {m['val']['auc']:.4f}) in {wall:.0f} s", flush=True)
     out = {"dataset": args.dataset, "recipe": args.recipe, "size": args.size, "overrides": overrides,
-           "seeds": rows, "machine": describe_machine()}
+           "seeds": rows, "machine": describe_machine(), "settings": settings}
     for key in ("test_auc", "test_acc", "val_auc"):
         out[f"{key}_mean"], out[f"{key}_std"] = _stats([r[key] for r in rows])
     out["wall_s_mean"] = statistics.fmean(r["wall_s"] for r in rows)

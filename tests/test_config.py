@@ -13,6 +13,9 @@ def test_recipes():
     assert (recipe.optimizer, recipe.lr, recipe.batch_size, recipe.epochs) == ("adam", 1e-3, 128, 100)
     assert (recipe.milestones, recipe.gamma, recipe.norm_mean, recipe.norm_std) == ([0.5, 0.75], 0.1, 0.5, 0.5)
     assert recipe.select_metric == "auc"
+    ens = resolve_config({"dataset": "breastmnist", "recipe": "small-ensemble"})
+    fast = resolve_config({"dataset": "breastmnist", "recipe": "fast"})
+    assert ens.members == 10 and ens.model_copy(update={"members": 1, "recipe": "fast"}) == fast
 
 
 def test_explicit_settings_win_over_the_recipe():
@@ -29,7 +32,7 @@ def test_unknown_key_is_rejected_by_name():
     ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
     ({"optimizer": "lamb"}, "optimizer: Input should be 'adam', 'adamw' or 'sgd'"),
     ({"device": "tpu"}, "device: String should match pattern"),
-    ({"recipe": "quick"}, "unknown recipe 'quick'; valid: default, medmnist-v2, fast"),
+    ({"recipe": "quick"}, "unknown recipe 'quick'; valid: default, medmnist-v2, fast, small-ensemble"),
     ({"norm_std": [0.2, 0.0, 0.2]}, "norm_std: Value error, every norm_std value must be > 0"),
 ])
 def test_bad_values_are_clear(bad, fragment):

@@ -1,5 +1,8 @@
 """End-to-end runs on real MedMNIST files (and generated data for the tasks not available here)."""
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,10 +12,10 @@ from medmnist.evaluator import Evaluator, getACC, getAUC
 
 import medbench
 from medbench.cli import main
-from medbench.config import load_config
+from medbench.config import load_config, resolve_config
 from medbench.data import read_npz
 from medbench.errors import MedbenchError
-from medbench.run import evaluate, train
+from medbench.run import build_model, build_task, evaluate, train
 
 from conftest import make_npz
 
@@ -184,3 +187,80 @@ def test_epoch_hook_sees_each_epoch_and_can_stop_training(tmp_path):
     assert seen[0]["is_best"] and seen[0]["best_epoch"] == 1 and 0 < seen[0]["train_seconds"] < seen[1]["train_seconds"]
     assert isinstance(seen[0]["model"], torch.nn.Module)
     assert len(pd.read_csv(out / "history.csv")) == 2 and (out / "metrics.json").is_file()
+
+
+def test_ema_run_validates_selects_and_saves_the_averaged_weights(tmp_path):
+    """The best epoch's validation AUC in history.csv is reproduced by reloading model.safetensors: the saved
+    weights are the averaged ones that were validated (saving the raw weights would not reproduce it)."""
+    settings = {"dataset": "breastmnist", "model": "cnn5", "epochs": 3, "seed": 1, "ema": 0.95, "deterministic": True}
+    out = train(settings, tmp_path / "ema", quiet=True, report=False)
+    hist = pd.read_csv(out / "history.csv")
+    best = hist.loc[hist.val_auc.idxmax()]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val"]["auc"] == pytest.approx(best.val_auc, abs=1e-12)
+    raw = train({**settings, "ema": 0.0}, tmp_path / "raw", quiet=True, report=False)
+    assert json.loads((raw / "metrics.json").read_text())["val"] != metrics["val"]
+
+
+def test_decision_youden_makes_the_validation_threshold_the_headline(tmp_path):
+    settings = {"dataset": "breastmnist", "model": "cnn5", "epochs": 2, "seed": 2, "deterministic": True}
+    plain = json.loads((train(settings, tmp_path / "p", quiet=True, report=False) / "metrics.json").read_text())
+    out = train({**settings, "decision": "youden"}, tmp_path / "y", quiet=True, report=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert plain["threshold"]["headline"] == 0.5
+    assert m["threshold"]["headline"] == m["threshold"]["youden"] == plain["threshold"]["youden"] != 0.5
+    for split in ("val", "test"):
+        assert m[split]["acc"] == m[split]["at_youden"]["acc"] == plain[split]["at_youden"]["acc"]
+        assert m[split]["confusion_matrix"] == m[split]["at_youden"]["confusion_matrix"]
+        assert m[split]["auc"] == plain[split]["auc"]  # the same network: only thresholded metrics move
+    assert m["test"]["acc"] != plain["test"]["acc"]
+
+
+def test_dropout_settings_reach_the_model_or_are_refused():
+    ds = read_npz(make_npz(Path(tempfile.mkdtemp()) / "dermamnist.npz", channels=3, num_classes=7), "dermamnist")
+    cfg = resolve_config({"dataset": "dermamnist", "model": "cnn5", "drop_rate": 0.35})
+    model = build_model(cfg, ds, build_task(cfg, ds))
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.35}
+    cfg = resolve_config({"dataset": "dermamnist", "model": "cnn2", "drop_path_rate": 0.1})
+    with pytest.raises(MedbenchError, match="does not take.*drop_path_rate"):
+        build_model(cfg, ds, build_task(cfg, ds))
+
+
+def test_deep_ensemble_averages_its_members_everywhere(tmp_path, medmnist_dir):
+    """members=3: three ordinary runs with seeds seed*3+i; the run's metrics, Predictor and exported model all
+    use the mean of the members' probabilities; a resumed ensemble trains only the missing member."""
+    from medbench.export import deployable
+    from medbench.metrics import auc as medmnist_auc
+    from medbench.predict import Predictor
+
+    settings = {"dataset": "breastmnist", "model": "cnn5", "epochs": 2, "seed": 1, "members": 3,
+                "deterministic": True}
+    out = train(settings, tmp_path / "ens", quiet=True)
+    members = [out / "members" / f"{i:02d}" for i in range(3)]
+    report = (out / "report.html").read_text()
+    assert "history.csv not found" in report and "Grad-CAM" in report  # no single network's curves
+    assert "| members | 3 |" in (out / "MODEL_CARD.md").read_text()
+    assert [load_config(m / "config.yaml").seed for m in members] == [3, 4, 5]
+    assert all(load_config(m / "config.yaml").members == 1 for m in members)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["evaluation"]["members"] == [f"members/{i:02d}/model.safetensors" for i in range(3)]
+    probs = np.mean([_read_predictions(m / "predictions" / "test.csv") for m in members], axis=0)
+    npz = np.load(medmnist_dir / "breastmnist.npz")
+    labels = npz["test_labels"]
+    assert metrics["test"]["auc"] == pytest.approx(medmnist_auc(labels, probs, "binary"), abs=1e-12)
+    member_aucs = [json.loads((m / "metrics.json").read_text())["test"]["auc"] for m in members]
+    assert metrics["test"]["auc"] not in member_aucs
+    predictor = Predictor(out)
+    assert len(predictor.models) == 3
+    images = torch.from_numpy(npz["test_images"][:, None])
+    got = predictor.probabilities(images)
+    assert np.allclose(got, _read_predictions(out / "predictions" / "test.csv"), atol=1e-6)
+    with torch.no_grad():
+        assert np.allclose(deployable(predictor)(images).numpy(), got, atol=1e-5)
+    # resume after a kill during member 3: members 1 and 2 are kept as they are
+    before = (members[0] / "model.safetensors").stat().st_mtime_ns
+    shutil.rmtree(members[2])
+    (out / "metrics.json").unlink()
+    train(load_config(out / "config.yaml"), out, quiet=True, report=False, resume=True)
+    assert (members[0] / "model.safetensors").stat().st_mtime_ns == before
+    assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]

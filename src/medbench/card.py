@@ -23,7 +23,8 @@ NOT_CLINICAL = ("Not for clinical use. This model is a research artefact: it has
 SHOWN = ("acc", "auc", "balanced_acc", "f1_macro", "sensitivity", "specificity", "kappa_quadratic", "ece")
 CONFIG_SHOWN = ("model", "pretrained", "truncate", "size", "as_rgb", "fit", "recipe", "epochs", "batch_size",
                 "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "augment", "mixup", "cutmix",
-                "synthetic", "select_metric", "ensemble", "tta", "seed", "precision")
+                "synthetic", "select_metric", "ensemble", "members", "ema", "decision", "tta", "seed",
+                "precision")
 
 
 def _test_cis(run_dir: Path, task: str, labels) -> dict:

@@ -47,14 +47,18 @@ TRAIN_FLAGS = [
     ("--features", "features", dict(choices=["pixels", "hog"], help="sk: models: flattened pixels or HOG")),
     ("--size", "size", dict(type=int, help="image size: 28, 64, 128 or 224 (default 28)")),
     ("--epochs", "epochs", dict(type=int, help="training epochs (default 100)")),
-    ("--recipe", "recipe", dict(help="named recipe: default, medmnist-v2 (the official benchmark's settings) or "
-                                       "fast (cnn5, 30 epochs: the time-to-accuracy recipe)")),
+    ("--recipe", "recipe", dict(help="named recipe: default, medmnist-v2 (the official benchmark's settings), "
+                                       "fast (cnn5, 30 epochs: the time-to-accuracy recipe) or small-ensemble "
+                                       "(10 fast networks averaged: RESULTS.md)")),
     ("--batch-size", "batch_size", dict(type=int)),
     ("--lr", "lr", dict(type=float)),
     ("--optimizer", "optimizer", dict(choices=["adam", "adamw", "sgd"])),
     ("--weight-decay", "weight_decay", dict(type=float)),
     ("--schedule", "schedule", dict(choices=["multistep", "cosine", "onecycle", "constant"])),
     ("--label-smoothing", "label_smoothing", dict(type=float)),
+    ("--ema", "ema", dict(type=float, metavar="DECAY", help="weight EMA decay per step, e.g. 0.998 (0 = off)")),
+    ("--drop-rate", "drop_rate", dict(type=float, help="dropout before the classifier (cnn5, timm models)")),
+    ("--drop-path-rate", "drop_path_rate", dict(type=float, help="stochastic depth rate (timm models)")),
     ("--ordinal-loss", "ordinal_loss", dict(choices=["ce", "corn"], help="ordinal tasks: ce (benchmark) or corn")),
     ("--stem", "stem", dict(choices=["auto", "small", "imagenet"], help="ResNet stem (auto: small below 64 px)")),
     ("--weights", "weights", dict(help="initial weights file (.safetensors, or .pth holding tensors)")),
@@ -78,6 +82,9 @@ TRAIN_FLAGS = [
     ("--keep-checkpoints", "keep_checkpoints", dict(type=int, metavar="K",
                                                     help="keep the K best epochs' weights (for --ensemble)")),
     ("--ensemble", "ensemble", dict(type=int, metavar="K", help="evaluate the mean of the K best checkpoints")),
+    ("--decision", "decision", dict(choices=["0.5", "youden"], help="binary: headline acc at 0.5 or at the "
+                                                                    "Youden threshold chosen on val")),
+    ("--members", "members", dict(type=int, metavar="K", help="deep ensemble: train K networks, average them")),
     ("--bootstrap", "bootstrap", dict(type=int, metavar="B", help="bootstrap resamples for 95 %% CIs (0 = none)")),
     ("--seed", "seed", dict(type=int)),
     ("--device", "device", dict(help="auto, cpu, cuda or cuda:N")),

@@ -21,11 +21,12 @@ ONNX_OPSET = 18
 
 
 class Deployable(nn.Module):
-    """uint8 images -> probabilities: the run's normalisation, network and output scores in one module."""
+    """uint8 images -> probabilities: the run's normalisation, network(s) and output scores in one module; several
+    networks (an ensemble run) are averaged in probability, as in the run's metrics."""
 
-    def __init__(self, model: nn.Module, mean, std, to_rgb: bool, task: str, num_classes: int, corn: bool):
+    def __init__(self, models: list[nn.Module], mean, std, to_rgb: bool, task: str, num_classes: int, corn: bool):
         super().__init__()
-        self.model = model
+        self.models = nn.ModuleList(models)
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)))
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) /
                                        torch.tensor(std, dtype=torch.float32)).reshape(1, -1, 1, 1))
@@ -35,7 +36,11 @@ class Deployable(nn.Module):
         x = image.to(torch.float32)
         if self.to_rgb:
             x = x.expand(-1, 3, -1, -1)
-        logits = self.model(x * self.scale - self.shift).float()
+        x = x * self.scale - self.shift
+        probs = [self.scores(m(x).float()) for m in self.models]
+        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
         if self.task == "multilabel":
             return torch.sigmoid(logits)
         if self.corn:  # P(y > k) = prod sigmoid; as exp(cumsum(logsigmoid)): ONNX has CumSum, not CumProd
@@ -49,8 +54,8 @@ def deployable(predictor) -> Deployable:
     from medbench.tasks import CornTask
 
     p = predictor.prep
-    model = predictor.model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    return Deployable(model, p.mean, p.std, bool(p.to_rgb and predictor.channels == 1), predictor.task.name,
+    models = [m.to("cpu").to(memory_format=torch.contiguous_format).eval() for m in predictor.models]
+    return Deployable(models, p.mean, p.std, bool(p.to_rgb and predictor.channels == 1), predictor.task.name,
                       predictor.task.num_classes, isinstance(predictor.task, CornTask)).eval()
 
 

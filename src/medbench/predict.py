@@ -77,6 +77,9 @@ def column_names(classes: list[str]) -> list[str]:
 class Predictor:
     """A run's network, ready for new images: ``probabilities(uint8 [N, C, S, S])`` and friends.
 
+    Runs that average several networks (a deep ensemble's members, or ``ensemble`` kept checkpoints) predict
+    with the same average as their metrics; Grad-CAM explains the first of them.
+
     ``threshold`` (binary tasks): the decision threshold on P(positive); default the run's validation-chosen
     (Youden) threshold from metrics.json, else 0.5. ``tta``: average with horizontally flipped views (refused
     for runs trained with ``no_flip``).
@@ -86,7 +89,7 @@ class Predictor:
                  threshold: float | None = None, data_dir=None):
         from medbench.baselines import is_baseline
         from medbench.config import load_config
-        from medbench.run import CONFIG, METRICS, _preprocess, build_task, load_run_model
+        from medbench.run import CONFIG, METRICS, _preprocess, build_task, load_run_model, model_weights
 
         self.run_dir = Path(run_dir)
         if not (self.run_dir / CONFIG).is_file():
@@ -100,7 +103,9 @@ class Predictor:
         self.spec = read_data_spec(self.run_dir, cfg, data_dir)
         self.task = build_task(cfg, self.spec)
         self.device = torch.device(device)
-        self.model = load_run_model(self.run_dir, cfg, self.spec, self.task, self.device).eval()
+        self.models = [load_run_model(self.run_dir, cfg, self.spec, self.task, self.device, weights=w).eval()
+                       for w in model_weights(self.run_dir, cfg)]
+        self.model = self.models[0]
         self.prep = _preprocess(cfg, self.spec)
         self.tta = tta
         metrics = {}
@@ -151,10 +156,9 @@ class Predictor:
         out = []
         for i in range(0, len(images), self.cfg.eval_batch_size):
             x = images[i:i + self.cfg.eval_batch_size].to(self.device)
-            p = self.task.scores(self.model(self.prep(x))).double()
-            if self.tta:
-                p = (p + self.task.scores(self.model(self.prep(x.flip(-1)))).double()) / 2
-            out.append(p.cpu())
+            views = [x, x.flip(-1)] if self.tta else [x]
+            p = sum(self.task.scores(m(self.prep(v))).double() for m in self.models for v in views)
+            out.append((p / (len(self.models) * len(views))).cpu())
         k = self.task.num_classes
         return torch.cat(out).numpy() if out else np.zeros((0, k))
 

@@ -20,7 +20,7 @@ from medbench.baselines import is_baseline
 from medbench.config import PROVENANCE_KEY, RunConfig, dump_config, load_config, resolve_config
 from medbench.data import OWN_DATA, SPLITS, ImageDataset, load_dataset
 from medbench.data.loader import Preprocess
-from medbench.engine import (Precision, build_optimizer, build_scheduler, predict_logits, resolve_device,
+from medbench.engine import (Precision, WeightEMA, build_optimizer, build_scheduler, predict_logits, resolve_device,
                              seed_everything, steps_per_epoch, train_one_epoch)
 from medbench import distributed
 from medbench.errors import MedbenchError
@@ -33,7 +33,7 @@ from medbench.progress import console, progress_bar
 from medbench.tasks import Task, make_task
 
 CONFIG, WEIGHTS, METRICS, HISTORY = "config.yaml", "model.safetensors", "metrics.json", "history.csv"
-CHECKPOINTS, CHECKPOINT_INDEX = "checkpoints", "index.json"
+CHECKPOINTS, CHECKPOINT_INDEX, MEMBERS = "checkpoints", "index.json", "members"
 RESUME = "resume.safetensors"  # the last complete epoch's full training state; removed when the run finishes
 # metrics also reported at the validation-chosen (Youden) threshold of binary tasks
 YOUDEN_KEYS = ("threshold", "acc", "balanced_acc", "sensitivity", "specificity", "precision_macro", "recall_macro",
@@ -82,6 +82,7 @@ def normalization(cfg: RunConfig, in_chans: int) -> tuple[list[float], list[floa
 def build_model(cfg: RunConfig, ds: ImageDataset, task: Task, load_weights: bool = True) -> torch.nn.Module:
     """The run's network; ``load_weights=False`` skips pretrained loading (the run's own weights follow)."""
     kwargs = {} if cfg.stem == "auto" else {"stem": cfg.stem}
+    kwargs.update({k: v for k in ("drop_rate", "drop_path_rate") if (v := getattr(cfg, k)) is not None})
     in_chans = input_channels(cfg, ds)
     mean, std = normalization(cfg, in_chans)
     return create_model(cfg.model, num_classes=task.num_outputs, in_chans=in_chans, img_size=cfg.size,
@@ -179,13 +180,15 @@ class KeptCheckpoints:
 
 
 def _save_resume(out: Path, model, opt, sched, precision, gen: torch.Generator, device: torch.device,
-                 info: dict) -> None:
+                 info: dict, ema: WeightEMA | None = None) -> None:
     """Everything needed to continue after epoch ``info["epoch"]`` exactly: weights, optimizer, scheduler,
     gradient scaler, every RNG, history and best-so-far. One safetensors file (tensors; the rest as JSON in its
     metadata), written atomically: a crash leaves the previous epoch's file."""
     import random
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()})
     osd = opt.state_dict()
     plain: dict = {}
     for pid, st in osd["state"].items():
@@ -273,6 +276,20 @@ def kept_checkpoints(run_dir: Path, k: int) -> list[Path]:
     return [index.parent / e["file"] for e in entries[:k]]
 
 
+def member_dirs(run_dir: str | Path, cfg: RunConfig) -> list[Path]:
+    """The run directories of a deep ensemble's members (``members/00`` ...); empty for one network."""
+    return [Path(run_dir) / MEMBERS / f"{i:02d}" for i in range(cfg.members)] if cfg.members > 1 else []
+
+
+def model_weights(run_dir: str | Path, cfg: RunConfig, ensemble: int | None = None) -> list[Path]:
+    """The weights files whose probabilities make the run's predictions: a deep ensemble's members, else the
+    ``ensemble`` (default: the config's) best kept checkpoints, else the best epoch."""
+    ensemble = cfg.ensemble if ensemble is None else ensemble
+    if cfg.members > 1:
+        return [d / WEIGHTS for d in member_dirs(run_dir, cfg)]
+    return kept_checkpoints(Path(run_dir), ensemble) if ensemble > 1 else [Path(run_dir) / WEIGHTS]
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -308,6 +325,8 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     ds = _dataset(cfg, dataset, data_dir, quiet)
     if is_baseline(cfg.model):
         return _train_baseline(cfg, out, ds, data_dir=data_dir, quiet=quiet, report=report)
+    if cfg.members > 1:
+        return _train_members(cfg, out, ds, dist, data_dir=data_dir, quiet=quiet, report=report, resume=resume)
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
     model = _place(build_model(cfg, ds, task), cfg, device)
@@ -330,6 +349,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     opt = build_optimizer(cfg, model)
     sched = build_scheduler(cfg, opt, spe)
     gen = torch.Generator().manual_seed(cfg.seed)  # the same batch order on every rank
+    ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
+    chosen = ema.module if ema is not None else model  # the weights that are validated, selected and saved
+    evaluated = chosen if ema is not None else net
 
     own = cfg.dataset.startswith(OWN_DATA)
     provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": str(device),
@@ -346,6 +368,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     if resume:
         tensors, state = _load_resume(out, cfg)
         _restore(tensors, state, model, opt, sched, precision, gen, device)
+        if ema is not None:
+            ema.module.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+            ema.updates = state["ema_updates"]
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
         kept.entries, train_seconds, start = state["kept"], state["train_seconds"], state["epoch"] + 1
         del tensors
@@ -366,7 +391,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                 last = f"{out / RESUME} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
                 try:
                     tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen,
-                                         bar, dist, augment=augment, mix=mix)
+                                         bar, dist, augment=augment, mix=mix, ema=ema)
                 except RuntimeError as e:
                     if not cfg.detect_anomaly:
                         raise
@@ -376,7 +401,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                     step = f", first at step {tr['first_bad_step']}" if tr.get("first_bad_step", -1) > 0 else ""
                     raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}{step}; lower --lr or check "
                                         f"the data (--detect-anomaly finds the operation). Last good state: {last}")
-                val_logits = predict_logits(net, val_split, prep, precision, cfg.eval_batch_size, dist=dist)
+                val_logits = predict_logits(evaluated, val_split, prep, precision, cfg.eval_batch_size, dist=dist)
                 val = _val_record(task, val_split.labels, val_logits)
                 train_m = _epoch_metrics(task, tr["labels"], tr["scores"])
                 row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": train_m["acc"],
@@ -391,14 +416,14 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                 if score > best or best_epoch == 0:  # every rank has the same gathered metrics: same choice
                     best, best_epoch = score, epoch
                     if dist.is_main:
-                        _save_weights(model, out / WEIGHTS, cfg, epoch)
+                        _save_weights(chosen, out / WEIGHTS, cfg, epoch)
                 if dist.is_main:
-                    kept.offer(model, cfg, epoch, score)
+                    kept.offer(chosen, cfg, epoch, score)
                     write_csv(out / HISTORY, history)
                     _save_resume(out, model, opt, sched, precision, gen, device, {
-                        "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history,
+                        "epoch": epoch, **({"ema_updates": ema.updates} if ema is not None else {}), "best": best, "best_epoch": best_epoch, "history": history,
                         "kept": kept.entries, "train_seconds": time.perf_counter() - t0,
-                        "config": cfg.model_dump(mode="json")})
+                        "config": cfg.model_dump(mode="json")}, ema=ema)
                 bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
                 if not quiet:
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {tr['loss']:.4f}  val auc {_fmt(val['auc'])}"
@@ -406,7 +431,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                                   + ("  *" if best_epoch == epoch else ""))
                 train_seconds = time.perf_counter() - t0  # training and validation so far, nothing else
                 if on_epoch is not None and on_epoch({**row, "best_epoch": best_epoch, "is_best": best_epoch == epoch,
-                                                      "model": model, "train_seconds": train_seconds}):
+                                                      "model": chosen, "train_seconds": train_seconds}):
                     break
                 t0 = time.perf_counter() - train_seconds  # the hook's own time is not the run's
     finally:
@@ -427,6 +452,44 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                       f"test auc {_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}; "
                       f"{train_seconds:.0f} s training")
     return out
+
+
+def _train_members(cfg: RunConfig, out: Path, ds: ImageDataset, dist, *, data_dir, quiet: bool, report: bool,
+                   resume: bool) -> Path:
+    """A deep ensemble: ``cfg.members`` ordinary runs (seeds seed*K + i) in ``members/NN``, then one evaluation of
+    their averaged probabilities at the top. Resuming skips finished members and resumes a killed one."""
+    if dist.is_main and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source,
+                      "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_text(out / CONFIG, dump_config(cfg, provenance))
+        write_data_spec(out, ds)
+        _data_checks(out, ds, quiet)
+    t0 = time.perf_counter()
+    for i, member_dir in enumerate(member_dirs(out, cfg)):
+        if (member_dir / METRICS).is_file():
+            continue
+        member = cfg.model_copy(update={"members": 1, "seed": cfg.seed * cfg.members + i})
+        if not quiet:
+            console.print(f"member {i + 1}/{cfg.members} (seed {member.seed}) -> {member_dir}")
+        train(member, member_dir, data_dir=data_dir, quiet=quiet, dataset=ds, report=False,
+              resume=(member_dir / RESUME).is_file())
+    dist.barrier()
+    metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
+    if dist.is_main:
+        _card_and_report(out, ds, data_dir=data_dir, quiet=quiet, report=report)
+    if not quiet:
+        console.print(f"ensemble of {cfg.members}: test auc {_fmt(metrics['test']['auc'])} acc "
+                      f"{_fmt(metrics['test']['acc'])}; {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def _card_and_report(out: Path, ds: ImageDataset, *, data_dir, quiet: bool, report: bool) -> None:
+    write_model_card(out, test_labels=ds["test"].labels.numpy(), data_dir=data_dir)
+    if report:
+        from medbench.report import write_run_report
+
+        write_run_report(out, dataset=ds, data_dir=data_dir, quiet=quiet)
 
 
 class _NoWriter:
@@ -450,9 +513,10 @@ def _tensorboard(path: Path, enabled: bool):
 
 def _train_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, *, data_dir, quiet: bool, report: bool) -> Path:
     """A scikit-learn model: fit on the training split, then the same evaluation, files and report."""
-    if cfg.ensemble > 1 or cfg.tta or cfg.keep_checkpoints:
-        raise MedbenchError(f"{cfg.model} is a classical model: it has no checkpoints to ensemble or keep, and no "
-                            f"flipped-view averaging (drop --ensemble/--keep-checkpoints/--tta)")
+    if cfg.ensemble > 1 or cfg.tta or cfg.keep_checkpoints or cfg.members > 1:
+        raise MedbenchError(f"{cfg.model} is a classical model: it has no checkpoints to ensemble or keep, no "
+                            f"members and no flipped-view averaging (drop --ensemble/--keep-checkpoints/--members/"
+                            f"--tta)")
     task = build_task(cfg, ds)
     baselines.make_estimator(cfg.model, cfg.seed, task.name)  # a bad name fails before anything is written
     provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source, "device": "cpu",
@@ -466,16 +530,12 @@ def _train_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, *, data_dir, qu
     est = baselines.fit(cfg.model, cfg.seed, task.name, cfg.features, ds["train"])
     seconds = time.perf_counter() - t0
     metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds, estimator=est)
-    write_model_card(out, test_labels=ds["test"].labels.numpy(), data_dir=data_dir)
     tr, va = metrics["train"], metrics["val"]
     write_csv(out / HISTORY, [{"epoch": 1, "lr": "", "train_loss": tr["loss"], "train_acc": tr["acc"],
                                "train_auc": tr["auc"], "val_loss": va["loss"], "val_acc": va["acc"],
                                "val_auc": va["auc"], "seconds": round(seconds, 3),
                                "images_per_s": round(len(ds["train"]) / max(seconds, 1e-9), 1)}])
-    if report:
-        from medbench.report import write_run_report
-
-        write_run_report(out, dataset=ds, data_dir=data_dir, quiet=quiet)
+    _card_and_report(out, ds, data_dir=data_dir, quiet=quiet, report=report)
     if not quiet:
         console.print(f"{cfg.model} ({cfg.features}) fitted in {seconds:.1f} s; test auc "
                       f"{_fmt(metrics['test']['auc'])} acc {_fmt(metrics['test']['acc'])}")
@@ -519,8 +579,8 @@ def _final_figures(out: Path, ds: ImageDataset, task: Task) -> None:
 
 def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: Task, device,
                    weights: Path | None = None) -> torch.nn.Module:
-    """The run's network with its best weights (or the given checkpoint file), on ``device``."""
-    path = weights or Path(run_dir) / WEIGHTS
+    """The run's network with its best weights (a deep ensemble: its first member's; or the given file)."""
+    path = weights or model_weights(run_dir, cfg, 1)[0]
     if not path.is_file():
         raise MedbenchError(f"{path} not found: the run has no saved weights (did training finish an epoch?)")
     model = build_model(cfg, ds, task, load_weights=False)
@@ -571,7 +631,10 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     baseline = is_baseline(cfg.model)
     if baseline and (ensemble > 1 or tta):
         raise MedbenchError(f"{cfg.model} is a classical model: --ensemble and --tta do not apply")
-    members = kept_checkpoints(run_dir, ensemble) if ensemble > 1 else [run_dir / WEIGHTS]
+    if cfg.members > 1 and ensemble > 1:
+        raise MedbenchError(f"{run_dir} is a deep ensemble of {cfg.members} networks: --ensemble (checkpoints of "
+                            f"one network) does not apply")
+    members = model_weights(run_dir, cfg, ensemble)
     ds = _dataset(cfg, dataset, data_dir, quiet)
     recorded = _recorded_md5(run_dir)
     if recorded and ds.md5 and recorded != ds.md5:
@@ -611,8 +674,9 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     path = run_dir / METRICS
     old = json.loads(path.read_text()) if path.is_file() else {}
     metrics = {s: old[s] for s in SPLITS if s in old}
+    decide = threshold if cfg.decision == "youden" and threshold is not None else 0.5
     for s in splits:
-        rec = compute_metrics(labels[s], scores[s], task.name, class_names=ds.class_names)
+        rec = compute_metrics(labels[s], scores[s], task.name, threshold=decide, class_names=ds.class_names)
         # the task's own loss for one network; with averaged probabilities, their log-loss
         rec["loss"] = float(task.loss(single_logits[s], ds[s].labels, smoothing=0.0)) if s in single_logits \
             else rec["log_loss"]
@@ -636,7 +700,7 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     elif tr and te:
         metrics["gap"] = None  # train and test were evaluated with different settings: no honest gap
     if binary:
-        metrics["threshold"] = {"youden": threshold, "chosen_on": "val", "default": 0.5}
+        metrics["threshold"] = {"youden": threshold, "chosen_on": "val", "default": 0.5, "headline": decide}
     metrics["evaluation"] = setting
     if dist.is_main:
         write_json(path, metrics)
