@@ -1,8 +1,6 @@
 """End-to-end runs on real MedMNIST files (and generated data for the tasks not available here)."""
 import json
 import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -216,8 +214,8 @@ def test_decision_youden_makes_the_validation_threshold_the_headline(tmp_path):
     assert m["test"]["acc"] != plain["test"]["acc"]
 
 
-def test_dropout_settings_reach_the_model_or_are_refused():
-    ds = read_npz(make_npz(Path(tempfile.mkdtemp()) / "dermamnist.npz", channels=3, num_classes=7), "dermamnist")
+def test_dropout_settings_reach_the_model_or_are_refused(tmp_path):
+    ds = read_npz(make_npz(tmp_path / "dermamnist.npz", channels=3, num_classes=7), "dermamnist")
     cfg = resolve_config({"dataset": "dermamnist", "model": "cnn5", "drop_rate": 0.35})
     model = build_model(cfg, ds, build_task(cfg, ds))
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.35}
@@ -264,3 +262,5 @@ def test_deep_ensemble_averages_its_members_everywhere(tmp_path, medmnist_dir):
     train(load_config(out / "config.yaml"), out, quiet=True, report=False, resume=True)
     assert (members[0] / "model.safetensors").stat().st_mtime_ns == before
     assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
+    with pytest.raises(MedbenchError, match="nothing to resume: the ensemble already finished"):
+        train(load_config(out / "config.yaml"), out, quiet=True, report=False, resume=True)

@@ -130,23 +130,22 @@ class WeightEMA:
     steps in all) the average is not dominated by the random initialisation."""
 
     def __init__(self, model: nn.Module, decay: float):
-        self.source, self.decay, self.updates = model, decay, 0
+        self.decay, self.updates = decay, 0
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-
-    def _pairs(self):
-        mine, theirs = self.module.state_dict(), self.source.state_dict()
-        return [(mine[k], theirs[k]) for k in mine]
+        # state_dict tensors share storage with the live parameters and buffers, which the optimiser and
+        # load_state_dict change in place: pair them once, not on every step
+        mine, theirs = self.module.state_dict(), model.state_dict()
+        pairs = [(mine[k], theirs[k]) for k in mine]
+        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [b for a, b in pairs if a.is_floating_point()])
+        self._counters = [(a, b) for a, b in pairs if not a.is_floating_point()]
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        pairs = self._pairs()
-        floats = [(a, b) for a, b in pairs if a.is_floating_point()]
-        torch._foreach_lerp_([a for a, _ in floats], [b.detach() for _, b in floats], 1.0 - d)
-        for a, b in pairs:  # counters (BatchNorm's num_batches_tracked) follow the model
-            if not a.is_floating_point():
-                a.copy_(b)
+        torch._foreach_lerp_(self._floats[0], self._floats[1], 1.0 - d)
+        for a, b in self._counters:  # counters (BatchNorm's num_batches_tracked) follow the model
+            a.copy_(b)
 
 
 def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep: Preprocess,

@@ -421,8 +421,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                     kept.offer(chosen, cfg, epoch, score)
                     write_csv(out / HISTORY, history)
                     _save_resume(out, model, opt, sched, precision, gen, device, {
-                        "epoch": epoch, **({"ema_updates": ema.updates} if ema is not None else {}), "best": best, "best_epoch": best_epoch, "history": history,
-                        "kept": kept.entries, "train_seconds": time.perf_counter() - t0,
+                        "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history,
+                        **({"ema_updates": ema.updates} if ema is not None else {}), "kept": kept.entries,
+                        "train_seconds": time.perf_counter() - t0,
                         "config": cfg.model_dump(mode="json")}, ema=ema)
                 bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
                 if not quiet:
@@ -458,6 +459,8 @@ def _train_members(cfg: RunConfig, out: Path, ds: ImageDataset, dist, *, data_di
                    resume: bool) -> Path:
     """A deep ensemble: ``cfg.members`` ordinary runs (seeds seed*K + i) in ``members/NN``, then one evaluation of
     their averaged probabilities at the top. Resuming skips finished members and resumes a killed one."""
+    if resume and (out / METRICS).is_file():
+        raise MedbenchError(f"{out}: nothing to resume: the ensemble already finished ({METRICS} written)")
     if dist.is_main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         provenance = {**_versions(), "data_md5": ds.md5, "data_source": ds.source,
