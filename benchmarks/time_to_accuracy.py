@@ -18,7 +18,7 @@ import numpy as np
 
 from medbench.config import parse_overrides, resolve_config
 from medbench.data import load_dataset
-from medbench.engine import Precision, describe_machine, predict_logits
+from medbench.engine import describe_machine, predict_logits
 from medbench.fileio import write_json
 from medbench.metrics import compute_metrics
 from medbench.run import _preprocess, build_task, train
@@ -40,7 +40,7 @@ def run_seed(dataset: str, recipe: str, seed: int, cap_s: float, overrides: dict
             model = info["model"]
             device = next(model.parameters()).device
             split = type(ds["test"])(ds["test"].images.to(device), ds["test"].labels.to(device))
-            logits = predict_logits(model, split, prep, Precision(device, cfg.precision), cfg.eval_batch_size)
+            logits = predict_logits(model, split, prep, cfg.eval_batch_size)
             state["test"] = compute_metrics(ds["test"].labels.numpy(), task.scores(logits).double().numpy(), task.name)
         test = state["test"]
         if test and test["auc"] is not None and test["auc"] >= target_auc and test["acc"] >= target_acc:

@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from medbench.engine import cpu_has_native_bf16
+from medbench.engine import cpu_bf16_detected, cpu_has_native_bf16
 from medbench.run import train
 
 
 # Without AVX512-BF16/AMX the CPU emulates bf16 convolutions, about 15x slower than fp32 for ResNet-18 (AVX2
 # EPYC: 2 vs 31 img/s at 32 px); the bf16 path is then checked on the small cnn5, which emulation runs in seconds.
-MODEL = "resnet18" if cpu_has_native_bf16() else "cnn5"
+MODEL = "resnet18" if cpu_bf16_detected() else "cnn5"
 
 
 def _val_aucs(tmp_path, settings, precision, seeds):

@@ -1,11 +1,13 @@
 """A training run and its directory: config.yaml, model.safetensors, history.csv, metrics.json, predictions/, tb/."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import platform
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,6 +32,7 @@ from medbench.models import create_model
 from medbench.card import write_model_card
 from medbench.predict import write_data_spec
 from medbench.progress import console, progress_bar
+from medbench.rundir import claim_new, locked
 from medbench.tasks import Task, make_task
 
 CONFIG, WEIGHTS, METRICS, HISTORY = "config.yaml", "model.safetensors", "metrics.json", "history.csv"
@@ -202,7 +205,7 @@ def _save_resume(out: Path, model, opt, sched, precision, gen: torch.Generator, 
     if device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     np_state = np.random.get_state()
-    state = {**info, "optimizer": {"param_groups": osd["param_groups"], "state": plain},
+    state = {**info, "optimizer": {"param_groups": osd["param_groups"], "state": plain, "entries": len(osd["state"])},
              "scheduler": sched.state_dict(),
              "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
              "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "rng_python": random.getstate()}
@@ -228,6 +231,16 @@ def _load_resume(out: Path, cfg: RunConfig) -> tuple[dict, dict]:
         raise MedbenchError(f"{path}: damaged resume state ({type(e).__name__}: {e}); delete it and retrain") from None
     if state.get("config") != cfg.model_dump(mode="json"):
         raise MedbenchError(f"{path} was saved with other settings than {out / CONFIG}; refusing to mix them")
+    missing = [k for k in ("epoch", "best", "best_epoch", "history", "kept", "train_seconds", "optimizer",
+                           "scheduler", "rng_numpy", "rng_python") if k not in state]
+    missing += [k for k in ("rng.torch", "rng.batches") if k not in tensors]
+    opt = state.get("optimizer") or {}
+    saved = len({k.split(".")[1] for k in tensors if k.startswith("optim.")} | set(opt.get("state") or {}))
+    if not missing and saved != opt.get("entries", saved):
+        missing.append(f"optimizer state of {opt['entries'] - saved} of {opt['entries']} parameters")
+    if missing:
+        raise MedbenchError(f"{path} is incomplete (missing {', '.join(missing[:4])}): resuming would not continue "
+                            f"the same training; delete {RESUME} and the run, and train again")
     return tensors, state
 
 
@@ -235,7 +248,11 @@ def _restore(tensors: dict, state: dict, model, opt, sched, precision, gen: torc
              device: torch.device) -> None:
     import random
 
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    except RuntimeError as e:  # missing or mis-shaped weights in the resume file
+        raise MedbenchError(f"{RESUME}: its model weights do not fit the run's model "
+                            f"({' '.join(str(e).split())[:200]}); delete it and the run, and train again") from None
     groups = state["optimizer"]["param_groups"]
     for g in groups:
         for key, v in g.items():
@@ -315,12 +332,20 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
             raise MedbenchError(f"{out} is not a run directory ({CONFIG} missing); nothing to resume")
         if is_baseline(cfg.model):
             raise MedbenchError(f"{cfg.model} is a classical model fitted in one step: nothing to resume, retrain")
-    elif (out / CONFIG).exists():
-        raise MedbenchError(f"{out} already holds a run ({CONFIG} exists); choose another --out, delete it, or "
-                            f"continue a killed run with --resume {out}")
+    else:
+        claim_new(out, "run", CONFIG)
     dist, device = distributed.setup(resolve_device(cfg.device))
     dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
-    quiet = quiet or not dist.is_main
+    with locked(out, "medbench train") if dist.is_main else contextlib.nullcontext():
+        if not resume and dist.is_main:
+            claim_new(out, "run", CONFIG)  # again under the lock: another writer may have finished meanwhile
+        return _train(cfg, out, dist, device, data_dir=data_dir, quiet=quiet or not dist.is_main, dataset=dataset,
+                      on_epoch=on_epoch, report=report, resume=resume)
+
+
+def _train(cfg: RunConfig, out: Path, dist, device, *, data_dir, quiet: bool, dataset: ImageDataset | None,
+           on_epoch, report: bool, resume: bool) -> Path:
+    """``train`` once ``out`` is checked and locked."""
     seed_everything(cfg.seed, cfg.deterministic)
     ds = _dataset(cfg, dataset, data_dir, quiet)
     if is_baseline(cfg.model):
@@ -401,7 +426,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
                     step = f", first at step {tr['first_bad_step']}" if tr.get("first_bad_step", -1) > 0 else ""
                     raise MedbenchError(f"training loss is {tr['loss']} in epoch {epoch}{step}; lower --lr or check "
                                         f"the data (--detect-anomaly finds the operation). Last good state: {last}")
-                val_logits = predict_logits(evaluated, val_split, prep, precision, cfg.eval_batch_size, dist=dist)
+                val_logits = predict_logits(evaluated, val_split, prep, cfg.eval_batch_size, dist=dist)
                 val = _val_record(task, val_split.labels, val_logits)
                 train_m = _epoch_metrics(task, tr["labels"], tr["scores"])
                 row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": train_m["acc"],
@@ -438,7 +463,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     finally:
         tb.close()
     dist.barrier()  # rank 0 has written the best weights
-    metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
+    metrics = _evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
     if dist.is_main:
         write_model_card(out, test_labels=ds["test"].labels.numpy(), data_dir=data_dir)
     if report and dist.is_main:
@@ -478,7 +503,7 @@ def _train_members(cfg: RunConfig, out: Path, ds: ImageDataset, dist, *, data_di
         train(member, member_dir, data_dir=data_dir, quiet=quiet, dataset=ds, report=False,
               resume=(member_dir / RESUME).is_file())
     dist.barrier()
-    metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
+    metrics = _evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds)
     if dist.is_main:
         _card_and_report(out, ds, data_dir=data_dir, quiet=quiet, report=report)
     if not quiet:
@@ -532,7 +557,7 @@ def _train_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, *, data_dir, qu
     t0 = time.perf_counter()
     est = baselines.fit(cfg.model, cfg.seed, task.name, cfg.features, ds["train"])
     seconds = time.perf_counter() - t0
-    metrics = evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds, estimator=est)
+    metrics = _evaluate(out, data_dir=data_dir, quiet=quiet, dataset=ds, estimator=est)
     tr, va = metrics["train"], metrics["val"]
     write_csv(out / HISTORY, [{"epoch": 1, "lr": "", "train_loss": tr["loss"], "train_acc": tr["acc"],
                                "train_auc": tr["auc"], "val_loss": va["loss"], "val_acc": va["acc"],
@@ -617,8 +642,40 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     metrics at the Youden threshold chosen on validation (``at_youden``); train-minus-test gaps go to ``gap``.
     """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MedbenchError(f"{run_dir} is not a folder; give evaluate a run directory (made by medbench train)")
     if not (run_dir / CONFIG).is_file():
         raise MedbenchError(f"{run_dir} is not a run directory ({CONFIG} missing)")
+    stopped = unfinished(run_dir)
+    with locked(run_dir, "medbench evaluate"):
+        metrics = _evaluate(run_dir, splits, data_dir=data_dir, quiet=quiet, dataset=dataset, ensemble=ensemble,
+                            tta=tta, bootstrap=bootstrap, seed=seed, estimator=estimator, unfinished_note=stopped)
+    if stopped:
+        warnings.warn(f"{run_dir} is an unfinished run ({stopped}): these are the metrics of its best epoch so far, "
+                      f"recorded as 'unfinished' in {METRICS}; finish it with medbench train --resume {run_dir}",
+                      stacklevel=2)
+    return metrics
+
+
+def unfinished(run_dir: Path) -> str | None:
+    """How far a killed run got ("stopped after epoch 3 of 10"), or None for a finished run."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / RESUME
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads(f.metadata()["medbench_resume"])
+        return f"stopped after epoch {int(state['epoch'])} of {int(state['config']['epochs'])}"
+    except Exception:  # a damaged resume file still says the run did not finish
+        return f"killed during training ({RESUME} left behind)"
+
+
+def _evaluate(run_dir: Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
+              dataset: ImageDataset | None = None, ensemble: int | None = None, tta: bool | None = None,
+              bootstrap: int | None = None, seed: int = 0, estimator=None, unfinished_note: str | None = None) -> dict:
+    """``evaluate`` once the run directory is checked and locked (``train`` calls it while its own lock is held)."""
     cfg = load_config(run_dir / CONFIG)
     ensemble = cfg.ensemble if ensemble is None else ensemble
     tta = cfg.tta if tta is None else tta
@@ -643,7 +700,6 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     if recorded and ds.md5 and recorded != ds.md5:
         raise MedbenchError(f"{ds.source} has md5 {ds.md5} but the run was trained on data with md5 {recorded}")
     dist, device = distributed.setup(resolve_device(cfg.device))
-    precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
     prep = _preprocess(cfg, ds)
     binary = task.name == "binary"
@@ -663,7 +719,7 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
             sp = ds[s]
             part = type(sp)(sp.images.to(device), sp.labels.to(device))
             for flip in range(views):
-                logits = predict_logits(model, part, prep, precision, cfg.eval_batch_size, dist=dist, flip=bool(flip))
+                logits = predict_logits(model, part, prep, cfg.eval_batch_size, dist=dist, flip=bool(flip))
                 p = task.scores(logits).double()
                 probs[s] = p if s not in probs else probs[s] + p
                 if len(members) == 1 and views == 1:
@@ -705,6 +761,10 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     if binary:
         metrics["threshold"] = {"youden": threshold, "chosen_on": "val", "default": 0.5, "headline": decide}
     metrics["evaluation"] = setting
+    if unfinished_note:
+        metrics["unfinished"] = unfinished_note
+    else:
+        metrics.pop("unfinished", None)
     if dist.is_main:
         write_json(path, metrics)
     dist.barrier()

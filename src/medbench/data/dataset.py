@@ -63,3 +63,12 @@ def check_classes(ds: ImageDataset, source, fix: str | None = None) -> None:
             continue
         what = (f"only class {ds.class_names[present[0]]!r} ({len(sp)} image(s))" if present else "no images")
         raise MedbenchError(f"{source}: the {s} split holds {what}; {_WHY[s]}: {fix or _FIX[s]}")
+    trained = set(ds.splits["train"].labels[:, 0].unique().tolist()) if "train" in ds.splits else set()
+    for s in ("val", "test"):
+        sp = ds.splits.get(s)
+        unseen = sorted(set(sp.labels[:, 0].unique().tolist()) - trained) if sp is not None and len(sp) else []
+        if trained and unseen:
+            c = unseen[0]
+            raise MedbenchError(f"{source}: class {ds.class_names[c]!r} has {int((sp.labels[:, 0] == c).sum())} "
+                                f"image(s) in the {s} split but none in train, so no model can learn it: add "
+                                f"training images of {ds.class_names[c]!r}, or remove the class from {s}")

@@ -114,9 +114,18 @@ def train_gan(dataset: str | ImageDataset, out: str | Path, *, size: int = 28, e
     ``checkpoints`` evenly spaced epochs (and the last) save the generator and a sample grid. Returns the
     quality summary (None entries when ``judge_epochs`` is 0).
     """
-    out = Path(out)
-    if (out / GENERATOR).exists():
-        raise MedbenchError(f"{out} already holds a generator; choose another --out or delete it")
+    from medbench.rundir import claim_new, locked
+
+    out = claim_new(out, "GAN", GENERATOR)
+    with locked(out, "medbench gan train"):
+        return _train_gan(dataset, out, size=size, epochs=epochs, batch_size=batch_size, lr=lr,
+                          latent_dim=latent_dim, width=width, seed=seed, device=device, checkpoints=checkpoints,
+                          judge_epochs=judge_epochs, data_dir=data_dir, quiet=quiet)
+
+
+def _train_gan(dataset: str | ImageDataset, out: Path, *, size: int, epochs: int, batch_size: int, lr: float,
+               latent_dim: int, width: int, seed: int, device: str, checkpoints: int, judge_epochs: int, data_dir,
+               quiet: bool) -> dict:
     if epochs < 1 or batch_size < 2:
         raise MedbenchError("gan train needs --epochs >= 1 and --batch-size >= 2")
     ds = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, size, data_dir=data_dir,
@@ -199,7 +208,7 @@ def quality(generator_dir: str | Path, ds: ImageDataset, *, epochs: int = 10, pe
     class beside its recall on the real test images (the ceiling that share can be read against)."""
     from medbench.run import build_task, load_run_model, train
     from medbench.config import resolve_config
-    from medbench.engine import Precision, predict_logits
+    from medbench.engine import predict_logits
     from medbench.run import _preprocess
 
     generator_dir = Path(generator_dir)
@@ -212,14 +221,14 @@ def quality(generator_dir: str | Path, ds: ImageDataset, *, epochs: int = 10, pe
     dev = resolve_device(cfg.device)
     task = build_task(cfg, ds)
     judge = load_run_model(judge_dir, cfg, ds, task, dev)
-    prep, precision = _preprocess(cfg, ds), Precision(dev, "fp32")
+    prep = _preprocess(cfg, ds)
     k = ds.num_classes
     wanted = torch.arange(k).repeat_interleave(per_class)
     fake = generate(g.to(dev), wanted, seed=seed + 1)
 
     def predicted(images):
         split = type(ds["test"])(images.to(dev), torch.zeros(len(images), 1, dtype=torch.long, device=dev))
-        return task.predict(task.scores(predict_logits(judge, split, prep, precision, 256))).flatten()
+        return task.predict(task.scores(predict_logits(judge, split, prep, 256))).flatten()
 
     fake_pred = predicted(fake)
     test_pred = predicted(ds["test"].images)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
+from medbench.rundir import claim
 from medbench.study.executor import Job, run_jobs
 from medbench.study.grid import Study, canonical_json, load_study
 from medbench.study.store import DB_NAME, Store, default_url
@@ -47,7 +48,7 @@ def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, w
     if workers < 1:
         raise MedbenchError(f"--workers must be >= 1 (got {workers})")
     study = _study(study)
-    out_dir = Path(out_dir)
+    out_dir = claim(out_dir, "study", ours=(RUNS_DIR, RESULTS, DB_NAME))
     out_dir.mkdir(parents=True, exist_ok=True)
     url = db_url or default_url(out_dir)
     report = bool(study.report) if report is None else report
