@@ -44,3 +44,57 @@ def test_auto_precision_follows_the_hardware():
 
     assert Precision(torch.device("cpu"), "auto").name == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert Precision(torch.device("cpu"), "fp32").dtype is None
+
+
+def test_auto_can_be_forced_to_each_cpu_path(monkeypatch):
+    import torch
+
+    from medbench.engine import Precision
+    from medbench.errors import MedbenchError
+
+    for forced, name in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv("MEDBENCH_CPU_BF16", forced)
+        assert Precision(torch.device("cpu"), "auto").name == name
+    monkeypatch.setenv("MEDBENCH_CPU_BF16", "yes")
+    with pytest.raises(MedbenchError, match="MEDBENCH_CPU_BF16 must be 0 or 1"):
+        cpu_has_native_bf16()
+
+
+def test_a_bf16_trained_run_gives_one_answer_everywhere(tmp_path, shared_data):
+    """Training in bf16 autocast (forced, whatever this CPU is); the recorded predictions, a re-evaluation,
+    predict, serve and the ONNX graph agree to 1e-6, because every inference path runs in fp32."""
+    import onnxruntime as ort
+    import torch
+    from fastapi.testclient import TestClient
+
+    from medbench.export import export_run
+    from medbench.predict import Predictor
+    from medbench.run import dataset_for, evaluate
+    from medbench.config import load_config
+    from medbench.serve import create_app
+
+    run = train({"dataset": f"folder:{shared_data / 'chest_xray_subset'}", "model": "cnn5", "epochs": 2,
+                 "precision": "bf16", "seed": 4}, tmp_path / "bf16", quiet=True, report=False)
+    assert "precision: bf16" in (run / "config.yaml").read_text()
+    recorded = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
+    evaluate(run, ["test"], quiet=True)
+    again = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
+    assert np.abs(again - recorded).max() <= 1e-6
+
+    ds = dataset_for(load_config(run / "config.yaml"))
+    images = ds["test"].images
+    predictor = Predictor(run)
+    assert np.abs(predictor.probabilities(images) - recorded).max() <= 1e-6
+    files = [shared_data / "chest_xray_subset" / rel for rel in ds.meta["files"]["test"][:4]]
+    assert torch.equal(torch.stack([predictor.load_image(f) for f in files]), images[:4])  # same preprocessing
+
+    session = ort.InferenceSession(str(export_run(run, "onnx")), providers=["CPUExecutionProvider"])
+    onnx = session.run(["probabilities"], {"image": images.numpy()})[0]
+    assert np.abs(onnx - recorded).max() <= 1e-6
+
+    with TestClient(create_app([run])) as client:
+        for f, want in zip(files, recorded[:4]):
+            r = client.post("/predict", files={"file": (f.name, f.read_bytes(), "image/jpeg")})
+            assert r.status_code == 200, r.text
+            got = [r.json()["probabilities"][c] for c in predictor.classes]
+            assert np.abs(np.array(got) - want).max() <= 1e-6
