@@ -76,7 +76,7 @@ class _ShortBody(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.send_response(200)
-        self.send_header("Content-Length", "1000000")
+        self.send_header("Content-Length", "600000")  # under the size cap
         self.end_headers()
         self.wfile.write(b"PK" * 1000)
 

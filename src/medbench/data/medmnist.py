@@ -1,14 +1,17 @@
 """MedMNIST 2D: catalogue (from the ``medmnist`` package's INFO), download with MD5 check, npz -> tensors."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.client
 import os
+import signal
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from medmnist.info import INFO
 
 from medmnist.info import DEFAULT_ROOT as _MEDMNIST_ROOT
 
+from medbench.data import npz as npzlib
 from medbench.data.dataset import SPLITS, ImageDataset, Split
 from medbench.errors import MedbenchError
 from medbench.fileio import no_room, no_room_error
@@ -105,62 +109,155 @@ def _by_hand(name: str, size: int, dest: Path) -> str:
             f"(md5 {expected_md5(name, size)}), or point --data-dir / MEDBENCH_DATA at a folder that has it.")
 
 
-def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True, timeout: float = 60.0) -> Path:
-    """Fetch ``name`` at ``size`` into the data root: temp file, MD5 check, atomic rename."""
+READ_TIMEOUT_S = 30.0  # connect, and then the longest wait for the next byte
+DEADLINE_S: float | None = None  # the whole download; None: derived from the size (see default_deadline)
+DEADLINE_MIN_S = 120.0
+SLOWEST_RATE = 256 << 10  # bytes/s: the slowest mirror the derived deadline still waits for
+
+
+def max_download_bytes(name: str, size: int = 28) -> int:
+    """Most bytes a download may bring: the raw arrays plus room for npz/zip headers. Compressed npz is never
+    much larger than its raw arrays (deflate grows incompressible data by < 0.1 %), and INFO has no file sizes."""
+    raw = expected_bytes(name, size)
+    return raw + raw // 16 + (64 << 10)
+
+
+def default_deadline(cap: int) -> float:
+    """:data:`DEADLINE_S` when set, else enough time for ``cap`` bytes at :data:`SLOWEST_RATE` (2 min at least)."""
+    return DEADLINE_S if DEADLINE_S is not None else max(DEADLINE_MIN_S, cap / SLOWEST_RATE)
+
+
+class _Terminated(BaseException):  # not an Exception: no handler on the way may swallow it
+    pass
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While a download runs in the main thread, SIGTERM raises so that ``finally`` blocks remove the .part file;
+    afterwards the signal goes again to the handler that was there before (by default: the process ends as killed
+    by SIGTERM). SIGKILL cannot be caught: it leaves a hidden ``.NAME.*.part`` file behind, delete it by hand."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):  # ignored (or set outside Python): leave it so
+        yield
+        return
+    caught = []
+
+    def handler(signum, frame):
+        caught.append(signum)
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True, timeout: float = READ_TIMEOUT_S,
+             deadline: float | None = None) -> Path:
+    """Fetch ``name`` at ``size`` into the data root: temp file, MD5 check, atomic rename.
+
+    At most :func:`max_download_bytes` are accepted (a larger Content-Length is refused before the body);
+    ``timeout`` bounds the connect and every wait for data, ``deadline`` (default :func:`default_deadline`) the
+    whole download. The .part file is removed on every failure, SIGTERM included.
+    """
     md5 = expected_md5(name, size)
     root = data_root(data_dir)
     dest = root / file_name(name, size)
     url = url_for(name, size)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=root)
-    except OSError as e:
-        raise MedbenchError(f"cannot write to data folder {root} ({e.strerror}); use --data-dir or MEDBENCH_DATA "
-                            f"to choose a writable one") from e
-    tmp = Path(tmp_name)
-    h = hashlib.md5()
-    got = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                resp = urllib.request.urlopen(url, timeout=timeout)
-            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-                reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else (
-                    f"not an HTTP reply: {e!r}" if not isinstance(e, (OSError, ValueError)) else
-                    getattr(e, "reason", None) or e)
-                raise MedbenchError(f"download of {url} failed ({reason}). {_by_hand(name, size, dest)}") from e
-            with resp:
-                total = int(resp.headers.get("Content-Length") or 0) or None
-                from medbench.progress import progress_bar
+    cap = max_download_bytes(name, size)
+    deadline = default_deadline(cap) if deadline is None else deadline
 
-                with progress_bar(f"download {dest.name}", total=total, enabled=progress, unit="bytes") as bar:
-                    try:
-                        for chunk in iter(lambda: resp.read(1 << 20), b""):
-                            out.write(chunk)
-                            h.update(chunk)
-                            got += len(chunk)
-                            bar.advance(len(chunk))
-                    except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
-                        if no_room(e) is not None:
-                            raise
-                        raise MedbenchError(f"download of {url} broke off after {got} bytes ({e}). "
-                                            f"{_by_hand(name, size, dest)}") from e
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and got != total:
-            raise MedbenchError(f"download of {url} is truncated: {got} of {total} bytes. {_by_hand(name, size, dest)}")
-        if h.hexdigest() != md5:
-            raise MedbenchError(f"download of {url} is corrupted: md5 {h.hexdigest()}, expected {md5}. "
-                                f"{_by_hand(name, size, dest)}")
-        os.replace(tmp, dest)
-    except OSError as e:
-        code = no_room(e)
-        if code is None:
-            raise
-        raise no_room_error(dest, code) from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    def fail(what: str) -> MedbenchError:
+        return MedbenchError(f"download of {url} {what}. {_by_hand(name, size, dest)}")
+
+    with _sigterm_raises():
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=root)
+        except OSError as e:
+            raise MedbenchError(f"cannot write to data folder {root} ({e.strerror}); use --data-dir or MEDBENCH_DATA "
+                                f"to choose a writable one") from e
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest = _fetch(url, out, cap, timeout, deadline, fail, progress, dest.name)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest != md5:
+                raise fail(f"is corrupted: md5 {digest}, expected {md5}")
+            os.replace(tmp, dest)
+        except OSError as e:
+            code = no_room(e)
+            if code is None:
+                raise
+            raise no_room_error(dest, code) from e
+        finally:
+            tmp.unlink(missing_ok=True)
     return dest
+
+
+def _set_read_timeout(resp, seconds: float) -> None:
+    # urllib exposes no way to change the socket timeout after urlopen; without it a slow drip could overrun
+    # the deadline by up to one read timeout
+    sock = getattr(getattr(resp.fp, "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.01))
+
+
+def _fetch(url: str, out, cap: int, timeout: float, deadline: float, fail, progress: bool, label: str) -> str:
+    """Stream ``url`` into ``out`` within ``cap`` bytes and ``deadline`` seconds -> the body's MD5."""
+    end = time.monotonic() + deadline
+    try:
+        resp = urllib.request.urlopen(url, timeout=min(timeout, deadline))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        reason = f"HTTP {e.code} {e.reason}" if isinstance(e, urllib.error.HTTPError) else (
+            f"not an HTTP reply: {e!r}" if not isinstance(e, (OSError, ValueError)) else
+            getattr(e, "reason", None) or e)
+        if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
+            reason = f"no reply within {min(timeout, deadline):g} s"
+        raise fail(f"failed ({reason})") from e
+    h, got = hashlib.md5(), 0
+    with resp:
+        total = resp.length  # Content-Length (None when absent or not a number)
+        if total is not None and total > cap:
+            raise fail(f"declares {total} bytes (Content-Length), more than the {cap} this file can take")
+        from medbench.progress import progress_bar
+
+        with progress_bar(f"download {label}", total=total, enabled=progress, unit="bytes") as bar:
+            while chunk := _read_some(resp, end, timeout, deadline, got, fail):
+                got += len(chunk)
+                if got > cap:
+                    raise fail(f"sent more than {cap} bytes, more than this file can take")
+                out.write(chunk)
+                h.update(chunk)
+                bar.advance(len(chunk))
+    if total is not None and got != total:
+        raise fail(f"is truncated: {got} of {total} bytes")
+    return h.hexdigest()
+
+
+def _read_some(resp, end: float, timeout: float, deadline: float, got: int, fail) -> bytes:
+    """The next bytes that arrive (b"" at the end), within the read timeout and the overall deadline."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise fail(f"did not finish within {deadline:g} s ({got} bytes arrived)")
+    _set_read_timeout(resp, min(timeout, left))
+    try:
+        return resp.read1(1 << 20)  # read() would wait for a whole chunk, past any deadline
+    except TimeoutError as e:
+        if time.monotonic() >= end - 0.01:
+            raise fail(f"did not finish within {deadline:g} s ({got} bytes arrived)") from e
+        raise fail(f"stalled: no data for {timeout:g} s after {got} bytes") from e
+    except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+        if no_room(e) is not None:
+            raise
+        raise fail(f"broke off after {got} bytes ({e})") from e
 
 
 def _fail(path, msg: str) -> MedbenchError:
@@ -171,41 +268,63 @@ NPZ_FIX = "delete it and run again to re-download, or replace it with the offici
 ARRAYS_FIX = "write it again with uint8 images [N, H, W] or [N, H, W, 3] and integer labels [N, 1] (or [N, L])"
 
 
-def read_npz(path: str | os.PathLike, name: str, size: int | None = None, *, fix: str = NPZ_FIX) -> ImageDataset:
+def expected_bytes(name: str, size: int) -> int:
+    """Upper bound on the raw arrays of ``name`` at ``size``: uint8 images plus int64 labels, every split."""
+    info = _info(name)
+    n = sum(info["n_samples"].values())
+    width = len(info["label"]) if from_medmnist_task(info["task"]) == "multilabel" else 1
+    return n * info["n_channels"] * size * size + n * width * 8
+
+
+def npz_budget(name: str, size: int | None) -> int:
+    """Bytes a ``name`` npz may declare: twice the catalogue's arrays at ``size`` (any size: the largest), at
+    least :data:`medbench.data.npz.FLOOR_BYTES` so small own files under a catalogue name still load."""
+    return max(npzlib.FLOOR_BYTES, 2 * expected_bytes(name, size or max(SIZES)))
+
+
+def read_npz(path: str | os.PathLike, name: str, size: int | None = None, *, fix: str = NPZ_FIX,
+             budget: int | None = None) -> ImageDataset:
     """Read a MedMNIST-layout npz (``{split}_images``, ``{split}_labels``) into uint8 tensors, validating it.
 
     ``name`` picks the catalogue entry that gives the task, channels and class names. Every split must hold
-    images (one common square size: ``size`` when given). Any problem is a :class:`MedbenchError` naming the
-    file, the problem and then ``fix``.
+    images (one common square size: ``size`` when given). Shapes and dtypes are checked from the .npy headers
+    before any data is decompressed, and together may not declare more than ``budget`` bytes (default
+    :func:`npz_budget`). Any problem is a :class:`MedbenchError` naming the file, the problem and then ``fix``.
     """
+    return _read_npz(path, name, size, fix, budget, images=True)
+
+
+def _read_npz(path, name, size, fix, budget, *, images: bool) -> ImageDataset | None:
+    """:func:`read_npz`; with ``images=False`` only headers and labels are read (nothing is returned)."""
     info = _info(name)
     task = from_medmnist_task(info["task"])
     classes = [info["label"][str(i)] for i in range(len(info["label"]))]
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except FileNotFoundError as e:
-        raise _fail(path, "file not found; check the path") from e
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise _fail(path, f"not a readable .npz file ({_one_line(e)}); {fix}") from e
-    if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array saved under an .npz name
-        raise _fail(path, f"not a readable .npz file (it holds a single .npy array, not named arrays); {fix}")
-    with npz:
+    budget = npz_budget(name, size) if budget is None else budget
+    with npzlib.open_npz(path, fix=fix) as npz:
         keys = set(npz.files)
         want = {f"{s}_{k}" for s in SPLITS for k in ("images", "labels")}
         if not want <= keys:
             raise _fail(path, f"missing arrays {sorted(want - keys)} (found {sorted(keys)}); {fix}")
+        for s in SPLITS:  # headers only: nothing is decompressed until every declared shape is as expected
+            hi = npz.header(f"{s}_images")
+            if not check_shapes(path, s, hi, npz.header(f"{s}_labels"), task, classes, info["n_channels"],
+                                 size, fix):
+                raise _fail(path, f"{s}_images holds no images; {fix}")
+            size = hi.shape[-2]  # every split at the size of the first
+        declared = sum(npz.header(k).nbytes for k in sorted(want))
+        if declared > budget:
+            raise _fail(path, f"its arrays declare {declared:,} bytes, more than the {budget:,} a {name} file "
+                              f"at {size} px can hold; {fix}")
         splits = {}
         for s in SPLITS:
-            try:
-                images, labels = npz[f"{s}_images"], npz[f"{s}_labels"]
-            except Exception as e:  # noqa: BLE001 - a damaged member fails in zlib, zipfile or numpy's header parser
-                raise _fail(path, f"array {s}_images/{s}_labels cannot be read ({type(e).__name__}: "
-                                  f"{_one_line(e)}); {fix}") from e
-            split = arrays_to_split(path, s, images, labels, task, classes, info["n_channels"], size, fix=fix)
-            if not len(split):
-                raise _fail(path, f"{s}_images holds no images; {fix}")
-            size = split.images.shape[-1]  # every split at the size of the first
-            splits[s] = split
+            labels = npz.read(f"{s}_labels")
+            if not images:
+                _check_values(path, s, labels, task, classes, fix)
+                continue
+            splits[s] = arrays_to_split(path, s, npz.read(f"{s}_images"), labels, task, classes,
+                                        info["n_channels"], size, fix=fix)
+    if not images:
+        return None
     return ImageDataset(name=name, task=task, class_names=classes, splits=splits,
                         size=splits["train"].images.shape[-1], source=str(path))
 
@@ -214,18 +333,17 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def arrays_to_split(path, s, images, labels, task, classes, n_channels, size, *, fix: str = ARRAYS_FIX) -> Split:
-    """Validate one split's arrays from ``path`` -> a :class:`Split`; any problem names the file, then ``fix``."""
+def check_shapes(path, s, images, labels, task, classes, n_channels, size, fix) -> int:
+    """Dtype and shape checks on ``images`` / ``labels`` (arrays or .npy headers) -> the number of images."""
     def fail(msg: str) -> MedbenchError:
         return _fail(path, f"{msg}; {fix}")
 
     if images.dtype != np.uint8:
         raise fail(f"{s}_images has dtype {images.dtype}, expected uint8")
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise fail(f"{s}_images has shape {images.shape}, expected (N, H, W) or (N, H, W, 3)")
-    n, h, w, c = images.shape
+    shape = tuple(images.shape) + ((1,) if len(images.shape) == 3 else ())
+    if len(shape) != 4 or shape[-1] not in (1, 3):
+        raise fail(f"{s}_images has shape {tuple(images.shape)}, expected (N, H, W) or (N, H, W, 3)")
+    n, h, w, c = shape
     if c != n_channels:
         raise fail(f"{s}_images has {c} channel(s), the catalogue says {n_channels}")
     if h != w or h < 1 or (size is not None and h != size):
@@ -233,13 +351,26 @@ def arrays_to_split(path, s, images, labels, task, classes, n_channels, size, *,
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         raise fail(f"{s}_labels has dtype {labels.dtype}, expected integers")
     width = len(classes) if task == "multilabel" else 1
-    if labels.ndim == 1 and width == 1:
-        labels = labels[:, None]
-    if labels.shape != (n, width):
-        raise fail(f"{s}_labels has shape {labels.shape}, expected ({n}, {width})")
+    lshape = tuple(labels.shape) + ((1,) if len(labels.shape) == 1 and width == 1 else ())
+    if lshape != (n, width):
+        raise fail(f"{s}_labels has shape {lshape}, expected ({n}, {width})")
+    return n
+
+
+def _check_values(path, s, labels, task, classes, fix) -> None:
     hi = 1 if task == "multilabel" else len(classes) - 1
-    if n and (labels.min() < 0 or labels.max() > hi):
-        raise fail(f"{s}_labels has values in [{labels.min()}, {labels.max()}], expected [0, {hi}]")
+    if labels.size and (labels.min() < 0 or labels.max() > hi):
+        raise _fail(path, f"{s}_labels has values in [{labels.min()}, {labels.max()}], expected [0, {hi}]; {fix}")
+
+
+def arrays_to_split(path, s, images, labels, task, classes, n_channels, size, *, fix: str = ARRAYS_FIX) -> Split:
+    """Validate one split's arrays from ``path`` -> a :class:`Split`; any problem names the file, then ``fix``."""
+    check_shapes(path, s, images, labels, task, classes, n_channels, size, fix)
+    if images.ndim == 3:
+        images = images[..., None]
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    _check_values(path, s, labels, task, classes, fix)
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     return Split(images=x, labels=torch.from_numpy(labels.astype(np.int64)))
 
@@ -265,9 +396,10 @@ def load_medmnist(name: str, size: int = 28, data_dir=None, *, download_missing:
     if got != md5:
         by_hand = _by_hand(name, size, path)
         by_hand = by_hand[0].lower() + by_hand[1:]
-        # name what is wrong inside the file when something is; the MD5 alone says only that it is not the official one
-        read_npz(path, name, size, fix=f"it is not the official file either (md5 {got}, MedMNIST lists {md5}), so "
-                                       f"it is not used: delete it to re-download, or {by_hand}")
+        # name what is wrong inside the file when something is (the MD5 alone says only that it is not the official
+        # one), from headers and labels only: its images are never decompressed, so a bomb costs nothing
+        _read_npz(path, name, size, f"it is not the official file either (md5 {got}, MedMNIST lists {md5}), so it "
+                                    f"is not used: delete it to re-download, or {by_hand}", None, images=False)
         raise MedbenchError(f"{path} has md5 {got}, but MedMNIST lists {md5} for it: the file is corrupted or "
                             f"from another release, so it is not used. Delete it to re-download, or {by_hand}")
     st = path.stat()
