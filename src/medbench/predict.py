@@ -192,17 +192,21 @@ class Predictor:
 
 def _npz_images(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(name, uint8 [H, W, C]) for every image of an npz file: MedMNIST's ``*_images`` arrays, or ``images``."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
+    from medbench.data.npz import open_npz
+
+    try:  # bounded reader: shapes and dtypes come from the .npy headers before any data is decompressed
+        with open_npz(path, fix="write it again with uint8 image arrays") as z:
             keys = [k for k in z.files if k.endswith("_images") or k == "images"]
             if not keys:
                 raise MedbenchError(f"{path}: no image array (expected 'images' or MedMNIST's "
                                     f"'train_images'/'val_images'/'test_images'); found {z.files}")
             for key in keys:
-                arr = z[key]
-                if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3)):
+                h = z.header(key)
+                nd = len(h.shape)
+                if h.dtype != np.uint8 or nd not in (3, 4) or (nd == 4 and h.shape[-1] not in (1, 3)):
                     raise MedbenchError(f"{path}: '{key}' must be uint8 [N, H, W] or [N, H, W, 1|3], got "
-                                        f"{arr.dtype} {arr.shape}")
+                                        f"{h.dtype} {h.shape}")
+                arr = z.read(key)
                 for i in range(len(arr)):
                     img = arr[i] if arr.ndim == 4 else arr[i][..., None]
                     yield f"{path}:{key}[{i}]", img
