@@ -8,7 +8,8 @@ import torch
 
 from medbench.config import RunConfig
 from medbench.data import ImageDataset, Split
-from medbench.data.medmnist import arrays_to_split
+from medbench.data.medmnist import ARRAYS_FIX, arrays_to_split, check_shapes
+from medbench.data.npz import open_npz
 from medbench.errors import MedbenchError
 from medbench.gan.train import GENERATOR, file_sha256, generate, load_generator
 
@@ -31,16 +32,15 @@ def class_counts(real: torch.Tensor, num_classes: int, total: int, mode: str) ->
 
 
 def _from_npz(path: Path, ds: ImageDataset) -> Split:
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise MedbenchError(f"{path}: not a readable samples .npz ({e}); write one with `medbench gan sample`") from e
-    with npz:
+    fix = "write one with `medbench gan sample`"
+    with open_npz(path, fix=fix) as npz:  # bounded: headers are checked before any data is decompressed
         if not {"train_images", "train_labels"} <= set(npz.files):
             raise MedbenchError(f"{path}: needs train_images and train_labels arrays (found {sorted(npz.files)}); "
-                                f"write one with `medbench gan sample`")
-        return arrays_to_split(path, "train", npz["train_images"], npz["train_labels"], ds.task, ds.class_names,
-                               ds.in_chans, ds.size)
+                                f"{fix}")
+        images, labels = npz.header("train_images"), npz.header("train_labels")
+        check_shapes(path, "train", images, labels, ds.task, ds.class_names, ds.in_chans, ds.size, ARRAYS_FIX)
+        return arrays_to_split(path, "train", npz.read("train_images"), npz.read("train_labels"), ds.task,
+                               ds.class_names, ds.in_chans, ds.size)
 
 
 def _pick(split: Split, counts: list[int], seed: int, path: Path) -> Split:
