@@ -4,9 +4,9 @@ A run directory holds what inference needs: config.yaml (model, size, normalisat
 class names, channels; written at training time) and model.safetensors. :class:`Predictor` loads them once;
 ``medbench predict``, ``medbench serve`` and ``medbench export`` are thin layers over it.
 
-Preprocessing is the training one: decode (PNG/JPEG/DICOM rules of :mod:`medbench.data.decode`), convert to the
-dataset's channels, fit to a square (the run's ``fit``: pad or centre-crop) and resize to the run's ``size``
-with Lanczos, as own-data folders are cached; then the run's normalisation inside the batch pipeline.
+Preprocessing is the training one: decode (the rules of :mod:`medbench.data.decode`: header checked first, uint8
+throughout), fit to a square of the run's ``size`` (the run's ``fit``: pad or centre-crop; Lanczos), convert to
+the dataset's channels, as own-data folders are cached; then the run's normalisation inside the batch pipeline.
 """
 from __future__ import annotations
 
@@ -132,18 +132,24 @@ class Predictor:
         return self.spec.in_chans
 
     # ---- images --------------------------------------------------------------------------------------------
-    def load_image(self, path: str | os.PathLike) -> torch.Tensor:
-        """One image file -> uint8 ``[C, S, S]`` exactly as training data was prepared."""
-        from medbench.data.decode import decode_image
+    def load_image(self, path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
+        """One image file -> uint8 ``[C, S, S]`` exactly as training data was prepared (fit, then channels).
 
-        return self.fit_array(decode_image(path, channels=self.channels))
+        The header is checked first (``max_pixels``, default :data:`medbench.data.decode.MAX_PIXELS`; one frame),
+        and decoding stays in uint8 (:func:`medbench.data.decode.decode_fitted`). Any failure is one
+        :class:`MedbenchError` naming the file.
+        """
+        from medbench.data.decode import decode_fitted
+
+        img = decode_fitted(path, self.size, self.cfg.fit, self.channels, max_pixels=max_pixels)
+        return torch.tensor(img).permute(2, 0, 1).contiguous()
 
     def fit_array(self, img: np.ndarray) -> torch.Tensor:
-        """uint8 ``[H, W, C]`` (C = 1 or 3) -> ``[C, S, S]`` in the run's channels and size."""
+        """uint8 ``[H, W, C]`` (C = 1 or 3) -> ``[C, S, S]`` in the run's size and channels."""
         from medbench.data.decode import convert_channels, resize_square
 
-        img = convert_channels(np.asarray(img, dtype=np.uint8), self.channels)
-        return torch.tensor(resize_square(img, self.size, self.cfg.fit)).permute(2, 0, 1).contiguous()
+        img = resize_square(np.asarray(img, dtype=np.uint8), self.size, self.cfg.fit)
+        return torch.tensor(convert_channels(img, self.channels)).permute(2, 0, 1).contiguous()
 
     # ---- inference -----------------------------------------------------------------------------------------
     @torch.inference_mode()

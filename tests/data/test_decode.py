@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medbench.data import decode
-from medbench.data.decode import MAX_PIXELS, decode_image, resize_square
+from medbench.data.decode import MAX_PIXELS, convert_channels, decode_fitted, decode_image, resize_square
 from medbench.data.dicom import read_dicom
 from medbench.errors import MedbenchError
 
@@ -125,6 +125,33 @@ def test_resize_square_pad_and_crop():
     assert resize_square(rgb, 8).shape == (8, 8, 3)
     with pytest.raises(MedbenchError, match="resize mode"):
         resize_square(img, 8, "stretch")
+
+
+def test_pad_resizes_before_padding_and_fitted_decoding_matches_the_parts(tmp_path, xray):
+    img = np.full((10, 40, 1), 200, np.uint8)
+    pad = resize_square(img, 8, "pad")  # 40 -> 8 wide, 10 -> 2 high, centred
+    assert pad.shape == (8, 8, 1) and (pad[3:5] == 200).all() and (pad[:3] == 0).all() and (pad[5:] == 0).all()
+    for mode in ("pad", "crop"):
+        for channels in (None, 1, 3):
+            want = convert_channels(resize_square(decode_image(xray), 64, mode), channels)
+            got = decode_fitted(xray, 64, mode, channels)
+            assert got.dtype == np.uint8 and got.flags.writeable and np.array_equal(got, want)
+    rgb = np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    want = convert_channels(resize_square(rgb, 16, "pad"), 1)
+    assert np.array_equal(decode_fitted(tmp_path / "rgb.png", 16, "pad", channels=1), want)
+    with pytest.raises(MedbenchError, match="image size must be a positive integer"):
+        decode_fitted(xray, 0)
+
+
+def test_wide_data_stretch_matches_float64_in_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(decode, "CHUNK", 7)  # many blocks and bands, odd boundaries
+    v = np.random.default_rng(2).normal(0, 1000, (13, 11)).astype(np.float32)
+    Image.fromarray(v, mode="F").save(tmp_path / "f.tif")
+    want = np.rint((v.astype(np.float64) - v.min()) * (255.0 / (float(v.max()) - float(v.min())))).astype(np.uint8)
+    assert np.array_equal(decode_image(tmp_path / "f.tif")[..., 0], want)
+    Image.fromarray(np.full((5, 5), 3.5, np.float32), mode="F").save(tmp_path / "flat.tif")
+    assert (decode_image(tmp_path / "flat.tif") == 0).all()
 
 
 # --- DICOM written with pydicom from a real X-ray ---------------------------------------------------------

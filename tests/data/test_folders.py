@@ -188,3 +188,20 @@ def test_multiclass_missing_test_folder_is_drawn_from_train(tmp_path):
     assert len(ds["test"]) == 7 and len(ds["train"]) == 29
     assert sorted(np.bincount(ds["test"].labels[:, 0].numpy(), minlength=3).tolist()) == [2, 2, 3]
     assert all(f.startswith("train/") for f in ds.meta["files"]["test"])
+
+
+def test_links_that_point_outside_the_folder_are_refused(tmp_path):
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        _img(root / cls / "1.png", 10)
+    outside = _img(tmp_path / "elsewhere" / "cls" / "x.png", 20)
+    (root / "a" / "inside-link.png").symlink_to(root / "b" / "1.png")  # stays inside: allowed
+    assert len(scan_folder(root).files["train"]) == 3
+    (root / "b" / "out.png").symlink_to(outside)
+    with pytest.raises(MedbenchError, match=r"1 image\(s\) are links that point outside the folder: b/out.png; "
+                                            r"copy those images into the folder or remove the links"):
+        scan_folder(root)
+    (root / "b" / "out.png").unlink()
+    (root / "c").symlink_to(outside.parent, target_is_directory=True)  # a linked class folder
+    with pytest.raises(MedbenchError, match=r"links that point outside the folder: c/x.png"):
+        load_folder(root, size=8, skip_bad=True)

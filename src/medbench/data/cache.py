@@ -26,7 +26,7 @@ from medbench.errors import MedbenchError
 from medbench.fileio import atomic_path, write_json
 
 CACHE_ENV = "MEDBENCH_CACHE"
-FORMAT = 1
+FORMAT = 2  # 2: pad mode resizes before padding (issue 18)
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 
 

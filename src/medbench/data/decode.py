@@ -2,47 +2,128 @@
 
 Decoding rules (the same for every source that reads image files):
 
-* PNG, JPEG, BMP, TIFF through Pillow; DICOM (``.dcm``/``.dicom`` or the ``DICM`` magic) through
-  :mod:`medbench.data.dicom`.
+* PNG, JPEG, BMP, TIFF and GIF through Pillow (no other Pillow format is opened); DICOM (``.dcm``/``.dicom`` or
+  the ``DICM`` magic) through :mod:`medbench.data.dicom`.
+* Every file is bounded before it is decoded: its header's width, height and frame count are read first
+  (:func:`header_info`), and a file declaring more than :data:`MAX_PIXELS` pixels (or a caller's
+  ``max_pixels``), a side over :data:`MAX_SIDE`, or more than one frame is refused. PNG and JPEG headers are
+  parsed here (so a 10^10-pixel bomb is named with its size), the others by Pillow's or pydicom's header reader.
+* Multi-frame files (multi-page TIFF, animated GIF or PNG, multi-frame DICOM) are refused with the frame count:
+  medbench reads single 2D images. (A JPEG's MPO side images, e.g. a phone's depth map, are not frames: the
+  primary image is used.)
 * EXIF orientation is applied (``PIL.ImageOps.exif_transpose``), so a phone photo shows upright.
 * Palette images become RGB (or grey when the palette is grey); alpha channels are dropped (LA -> L, RGBA -> RGB).
-* 16-bit and 32-bit images (PNG ``I;16``, TIFF ``I``/``F``) are scaled to 8 bits by the image's **own min/max**
-  (a linear stretch; a constant image becomes all zeros). This suits medical 16-bit PNGs that hold 10- or
-  12-bit data, which ``>> 8`` would turn almost black; the price is that absolute intensities are not kept
-  across images.
+* 16-bit, 32-bit and float images (PNG ``I;16``, TIFF ``I``/``F``) are scaled to 8 bits by the image's **own
+  min/max** (a linear stretch; a constant image becomes all zeros). This suits medical 16-bit PNGs that hold 10-
+  or 12-bit data, which ``>> 8`` would turn almost black; the price is that absolute intensities are not kept
+  across images. NaN or infinite values are an error, never a black image.
 * ``channels=None`` keeps the file's own channels, except that an RGB image whose three channels are equal
   everywhere is returned as grey (one channel). ``channels=1`` converts RGB with the ITU-R 601 luma weights
   (0.299 R + 0.587 G + 0.114 B, as Pillow's ``convert("L")``); ``channels=3`` repeats a grey channel.
-* A file whose header declares more than :data:`MAX_PIXELS` pixels is refused before it is decoded
-  (decompression bombs): PNG and JPEG headers are parsed here, other formats use the size Pillow reads from
-  the header; Pillow's own ``DecompressionBombError`` becomes the same kind of clear error. (Pillow only *warns*
-  between its ``MAX_IMAGE_PIXELS`` and twice that; keep ``MAX_PIXELS`` below it, as the default is.)
 * A truncated or damaged file is an error, never a partial image: pixels are loaded with
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` left False (decoding refuses to run if some other code set it True), and a
   JPEG must end with its end-of-image marker (Pillow accepts a JPEG cut just after its last scan).
+* Every failure, including ``MemoryError`` and any exception of Pillow, pydicom or numpy, is one
+  :class:`MedbenchError` line naming the file.
+
+Memory: :func:`decode_fitted` (what training, ``predict`` and ``serve`` use) stays in uint8 at full size, resizes
+before padding and converts channels at the output size, so its peak is about one or two copies of the decoded
+file (one byte per pixel and channel; 16-bit and float data are stretched to 8 bits in bounded chunks).
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from medbench.errors import MedbenchError
 
-MAX_PIXELS = 8192 * 8192  # per image (frame); larger declared sizes are refused before decoding
+MAX_PIXELS = 8192 * 8192  # per image; larger declared sizes are refused before decoding
+MAX_SIDE = 1 << 17  # Lanczos weight tables grow with the longest side (about 48 bytes per pixel of it)
 DICOM_SUFFIXES = (".dcm", ".dicom")
-_FIX = "check that the file is a complete PNG, JPEG or DICOM image, re-export or remove it"
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")  # Pillow opens nothing else (a smaller attack surface)
+CHUNK = 1 << 20  # elements per float64 block when mapping wide data to 8 bits (8 MB)
+_FIX = "check that the file is a complete PNG, JPEG, BMP, TIFF, GIF or DICOM image, re-export or remove it"
+_MAX_REASON = 300  # characters of a library's message kept in ours
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header declares: read without decoding pixels."""
+    width: int
+    height: int
+    frames: int = 1
+
+
+class NonFinitePixels(ValueError):
+    """NaN or infinity among the pixel values (float TIFF, DICOM after rescale)."""
 
 
 def cannot_decode(path, reason: str) -> MedbenchError:
+    reason = " ".join(str(reason).split())  # library messages may span lines; ours is one
+    if len(reason) > _MAX_REASON:
+        reason = reason[:_MAX_REASON - 3] + "..."
     return MedbenchError(f"{path}: cannot decode ({reason}); {_FIX}")
 
 
-def too_large(path, width: int, height: int) -> MedbenchError:
+def too_large(path, width: int, height: int, limit: int | None = None) -> MedbenchError:
+    limit = MAX_PIXELS if limit is None else limit
+    name = " (medbench.data.decode.MAX_PIXELS)" if limit == MAX_PIXELS else ""
     return MedbenchError(f"{path}: declared size {width}x{height} ({width * height} pixels) exceeds the limit of "
-                         f"{MAX_PIXELS} pixels (medbench.data.decode.MAX_PIXELS); downscale the image first")
+                         f"{limit} pixels{name}; downscale the image first")
+
+
+def multi_frame(path, frames: int) -> MedbenchError:
+    return MedbenchError(f"{path}: a multi-frame image ({frames} frames); medbench reads single 2D images, so "
+                         f"export the frame you want as its own file")
+
+
+def check_header(path, head: ImageHeader, max_pixels: int | None = None) -> ImageHeader:
+    """Refuse an empty or too large declared size (pixels, or one side over MAX_SIDE) and multi-frame files."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    w, h = head.width, head.height
+    if w < 1 or h < 1:
+        raise cannot_decode(path, f"declared size {w}x{h} is empty")
+    if w * h > limit:
+        raise too_large(path, w, h, limit)
+    if max(w, h) > MAX_SIDE:
+        raise MedbenchError(f"{path}: declared size {w}x{h} exceeds the limit of {MAX_SIDE} pixels per side "
+                            f"(medbench.data.decode.MAX_SIDE); crop or downscale the image first")
+    if head.frames > 1:
+        raise multi_frame(path, head.frames)
+    return head
+
+
+@contextmanager
+def decode_errors(path):
+    """Any failure while reading ``path`` becomes one MedbenchError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        yield
+    except MedbenchError:
+        raise
+    except FileNotFoundError:
+        raise MedbenchError(f"{path}: file not found; check the path") from None
+    except (PermissionError, IsADirectoryError) as e:
+        raise MedbenchError(f"{path}: cannot be read ({e.strerror or e}); check the path and its permissions") from None
+    except MemoryError:
+        raise cannot_decode(path, "out of memory while decoding") from None
+    except Image.DecompressionBombError as e:
+        raise MedbenchError(f"{path}: refused as a possible decompression bomb ({e}); downscale the image "
+                            f"first") from None
+    except UnidentifiedImageError:
+        raise cannot_decode(path, "not a recognised image format") from None
+    except NonFinitePixels as e:
+        raise cannot_decode(path, str(e)) from None
+    except Exception as e:  # noqa: BLE001 - Pillow, pydicom and numpy raise many types; each means a bad file
+        raise cannot_decode(path, f"{type(e).__name__}: {e}") from e
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -58,15 +139,39 @@ def is_dicom(path: str | os.PathLike) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+# ---- 8-bit mapping in bounded blocks --------------------------------------------------------------------------
+
+def map_blocks(a: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """uint8 array shaped like ``a``: ``fn`` maps float64 blocks of CHUNK values to 0..255 (never a full-size
+    float64 copy)."""
+    out = np.empty(a.shape, np.uint8)
+    src, dst = np.ascontiguousarray(a).reshape(-1), out.reshape(-1)
+    for i in range(0, src.size, CHUNK):
+        dst[i:i + CHUNK] = fn(src[i:i + CHUNK].astype(np.float64))
+    return out
+
+
+def finite_range(a: np.ndarray) -> tuple[float, float]:
+    """(min, max) of ``a``; NaN or infinity raise :class:`NonFinitePixels` (min/max propagate NaN)."""
+    lo, hi = float(a.min()), float(a.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise NonFinitePixels("pixel values include NaN or infinity")
+    return lo, hi
+
+
+def stretch(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear map of [lo, hi] onto 0..255 (all zeros when hi <= lo)."""
+    if not hi > lo:
+        return np.zeros(a.shape, np.uint8)
+    k = 255.0 / (hi - lo)
+    return map_blocks(a, lambda v: np.rint((v - lo) * k).clip(0, 255))
+
+
 def to_uint8(a: np.ndarray) -> np.ndarray:
     """Linear min/max stretch of any numeric array to 0..255 (uint8 input is returned as is)."""
     if a.dtype == np.uint8:
         return a
-    a = a.astype(np.float64)
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    if not hi > lo:
-        return np.zeros(a.shape, np.uint8)
-    return np.rint((a - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
+    return stretch(a, *finite_range(a))
 
 
 def is_grey(img: np.ndarray) -> bool:
@@ -76,49 +181,34 @@ def is_grey(img: np.ndarray) -> bool:
     return bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
 
 
+def _check_channels(channels) -> None:
+    if channels not in (None, 1, 3):
+        raise MedbenchError(f"channels must be 1, 3 or None (the file's own), not {channels}")
+
+
 def convert_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
     """uint8 ``[H, W, 1|3]`` -> ``[H, W, channels]`` (None: grey-looking RGB collapses to one channel)."""
+    _check_channels(channels)
     c = img.shape[-1]
     if channels is None:
         return img[..., :1].copy() if c == 3 and is_grey(img) else img
-    if channels not in (1, 3):
-        raise MedbenchError(f"channels must be 1, 3 or None (the file's own), not {channels}")
     if c == channels:
         return img
     if channels == 3:
         return np.repeat(img, 3, axis=-1)
-    # ITU-R 601-2 luma, rounded like Pillow's convert("L")
-    rgb = img.astype(np.float64)
-    y = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-    return np.rint(y).clip(0, 255).astype(np.uint8)[..., None]
+    # ITU-R 601-2 luma, rounded like Pillow's convert("L"); in row blocks (no full-size float64 copy)
+    out = np.empty(img.shape[:2] + (1,), np.uint8)
+    rows = max(1, CHUNK // max(1, img.shape[1]))
+    for y in range(0, img.shape[0], rows):
+        rgb = img[y:y + rows].astype(np.float64)
+        out[y:y + rows, :, 0] = np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).clip(0, 255)
+    return out
 
 
-def _pil_to_array(im) -> np.ndarray:
-    mode = im.mode
-    if mode == "1":
-        im = im.convert("L")
-    elif mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        im = im.convert("RGB")
-    mode = im.mode
-    if mode in ("L", "RGB"):
-        a = np.asarray(im)
-    elif mode == "LA":
-        a = np.asarray(im)[..., 0]
-    elif mode in ("RGBA", "RGBX", "RGBa"):
-        a = np.asarray(im.convert("RGB"))
-    elif mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16L, I, F: stretch by the image's min/max
-        a = to_uint8(np.asarray(im))
-    else:
-        a = np.asarray(im.convert("RGB"))
-    if a.ndim == 2:
-        a = a[..., None]
-    return np.ascontiguousarray(a)
+# ---- headers ----------------------------------------------------------------------------------------------------
 
-
-def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) declared in a PNG or JPEG header, read without decoding; None for other formats."""
+def _png_jpeg_size(path) -> tuple[int, int] | None:
+    """(width, height) declared in a PNG or JPEG header, parsed here; None for other formats."""
     with open(path, "rb") as f:
         head = f.read(32)
         if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
@@ -152,6 +242,57 @@ def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
             f.seek(length - 2, os.SEEK_CUR)
 
 
+def _pil_header(im) -> ImageHeader:
+    # MPO side images (a phone's preview or depth map) are not frames of the picture
+    frames = 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
+    return ImageHeader(im.width, im.height, frames)
+
+
+def header_info(path: str | os.PathLike) -> ImageHeader:
+    """Width, height and frame count declared by any accepted format, read without decoding pixels.
+
+    Raises :class:`MedbenchError` naming the file when it cannot be read or is not an accepted image.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    with decode_errors(path):
+        if is_dicom(path):
+            from medbench.data.dicom import dicom_header
+
+            return dicom_header(path)
+        declared = _png_jpeg_size(path)
+        try:
+            with Image.open(path, formats=PIL_FORMATS) as im:
+                return _pil_header(im)
+        except Image.DecompressionBombError:
+            if declared is None:
+                raise
+            return ImageHeader(*declared)
+
+
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) declared by any accepted format (PNG, JPEG, BMP, TIFF, GIF, DICOM) without decoding;
+    None when the file is not a readable image (decoding it then says why)."""
+    try:
+        head = header_info(path)
+    except MedbenchError:
+        return None
+    return head.width, head.height
+
+
+def check_pixels(path: str | os.PathLike, max_pixels: int | None = None) -> ImageHeader:
+    """The header of ``path`` if decoding it is allowed, read without decoding pixels.
+
+    Raises :class:`MedbenchError` naming the file when the declared width x height exceeds ``max_pixels``
+    (default :data:`MAX_PIXELS`; the message says "exceeds the limit"), a side exceeds :data:`MAX_SIDE`, the file
+    holds several frames, or it is not a readable PNG, JPEG, BMP, TIFF, GIF or DICOM image.
+    """
+    return check_header(path, header_info(path), max_pixels)
+
+
+# ---- Pillow decoding ----------------------------------------------------------------------------------------------
+
 def _jpeg_has_eoi(path: Path, tail: int = 4096) -> bool:
     """A complete JPEG ends with the EOI marker FF D9 (allowing some trailing bytes after it).
 
@@ -165,84 +306,152 @@ def _jpeg_has_eoi(path: Path, tail: int = 4096) -> bool:
         return b"\xff\xd9" in f.read()
 
 
-def _decode_pil(path: Path) -> np.ndarray:
-    from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+def _wide_to_l(im):
+    """16-bit, 32-bit or float Pillow image -> "L" by its own min/max, in row bands (no full-size copies)."""
+    from PIL import Image
+
+    w, h = im.size
+    rows = max(1, CHUNK // w)
+    bands = [(y, min(y + rows, h)) for y in range(0, h, rows)]
+
+    def band(y0, y1):
+        return np.asarray(im.crop((0, y0, w, y1)))
+
+    ranges = [finite_range(band(*b)) for b in bands]
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    out = np.empty((h, w), np.uint8)
+    for y0, y1 in bands:
+        out[y0:y1] = stretch(band(y0, y1), lo, hi)
+    return Image.fromarray(out)
+
+
+def _to_8bit(im):
+    """Any Pillow mode -> "L" or "RGB" (palettes to RGB, alpha dropped, wide data stretched)."""
+    mode = im.mode
+    if mode in ("L", "RGB"):
+        return im
+    if mode == "1":
+        return im.convert("L")
+    if mode in ("LA", "La"):
+        return im.getchannel(0)
+    if mode == "PA":
+        return im.convert("RGBA").convert("RGB")
+    if mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16L, I, F
+        return _wide_to_l(im)
+    return im.convert("RGB")  # P, RGBA, RGBX, RGBa, CMYK, YCbCr, LAB, HSV
+
+
+def _with_pil(path: Path, max_pixels: int | None, finish: Callable):
+    """Check the header, decode, orient upright, make 8-bit; ``finish(L or RGB image)`` runs while it is open."""
+    from PIL import Image, ImageFile, ImageOps
 
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise MedbenchError(f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True, which would let truncated files "
                             f"decode as partial images; set it back to False before loading data")
-    try:
-        declared = header_size(path)
-    except OSError as e:
-        raise MedbenchError(f"{path}: cannot be read ({e.strerror or e}); check the path and its permissions") from e
-    if declared is not None and declared[0] * declared[1] > MAX_PIXELS:
-        raise too_large(path, *declared)
-    try:
-        with Image.open(path) as im:  # reads the header only; Pillow refuses huge sizes here
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise too_large(path, w, h)
-            im.load()  # decodes everything now: truncation and corrupt data raise here
-            if im.format == "JPEG" and not _jpeg_has_eoi(path):
-                raise cannot_decode(path, "truncated JPEG: no end-of-image marker")
-            im = ImageOps.exif_transpose(im)
-            return _pil_to_array(im)
-    except MedbenchError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise MedbenchError(f"{path}: refused as a possible decompression bomb ({e}); downscale the image first") from e
-    except FileNotFoundError as e:
-        raise MedbenchError(f"{path}: file not found; check the path") from e
-    except UnidentifiedImageError as e:
-        raise cannot_decode(path, "not a recognised image format") from e
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, struct.error) as e:
-        raise cannot_decode(path, f"{type(e).__name__}: {e}") from e
+    declared = _png_jpeg_size(path)
+    if declared is not None:  # before Pillow sees it: our message names the size
+        check_header(path, ImageHeader(*declared), max_pixels)
+    with Image.open(path, formats=PIL_FORMATS) as im:  # reads the header only
+        check_header(path, _pil_header(im), max_pixels)
+        im.load()  # decodes everything now: truncation and corrupt data raise here
+        if im.format in ("JPEG", "MPO") and not _jpeg_has_eoi(path):
+            raise cannot_decode(path, "truncated JPEG: no end-of-image marker")
+        ImageOps.exif_transpose(im, in_place=True)
+        return finish(_to_8bit(im))
 
 
-def decode_image(path: str | os.PathLike, channels: int | None = None) -> np.ndarray:
-    """Read one image file -> uint8 ``[H, W, C]`` (C = ``channels``, or the file's own: 1 or 3).
+def _as_hwc(im) -> np.ndarray:
+    a = np.asarray(im)
+    return a[..., None] if a.ndim == 2 else a
 
-    Raises :class:`MedbenchError` naming the file for anything unreadable, truncated or too large.
+
+def _from_hwc(img: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(img[..., 0] if img.shape[-1] == 1 else img))
+
+
+# ---- entry points -------------------------------------------------------------------------------------------------
+
+def decode_image(path: str | os.PathLike, channels: int | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Read one image file at full size -> uint8 ``[H, W, C]`` (C = ``channels``, or the file's own: 1 or 3).
+
+    Raises :class:`MedbenchError` naming the file for anything unreadable, truncated, multi-frame or too large.
+    To prepare model input, :func:`decode_fitted` is cheaper.
     """
     path = Path(path)
-    if channels not in (None, 1, 3):
-        raise MedbenchError(f"channels must be 1, 3 or None (the file's own), not {channels}")
-    if is_dicom(path):
-        from medbench.data.dicom import read_dicom
+    _check_channels(channels)
+    with decode_errors(path):
+        if is_dicom(path):
+            from medbench.data.dicom import read_dicom
 
-        img = read_dicom(path)
-    else:
-        img = _decode_pil(path)
-    return convert_channels(img, channels)
+            img = read_dicom(path, max_pixels)
+        else:
+            img = _with_pil(path, max_pixels, _as_hwc)
+        return convert_channels(img, channels)
+
+
+def decode_fitted(path: str | os.PathLike, size: int, mode: str = "pad", channels: int | None = None,
+                  max_pixels: int | None = None) -> np.ndarray:
+    """Read one image file straight to uint8 ``[size, size, C]`` (:func:`resize_square` of the decoded image, then
+    the channels of :func:`convert_channels`): what training, ``predict`` and ``serve`` use.
+
+    The header is checked before any pixel is decoded, and nothing larger than the decoded file in uint8 is
+    allocated (resizing comes before padding; channels are converted at the output size).
+    """
+    path = Path(path)
+    _check_channels(channels)
+    _check_fit(size, mode)
+    with decode_errors(path):
+        if is_dicom(path):
+            from medbench.data.dicom import read_dicom
+
+            img = _as_hwc(_fit(_from_hwc(read_dicom(path, max_pixels)), size, mode))
+        else:
+            img = _with_pil(path, max_pixels, lambda im: _as_hwc(_fit(im, size, mode)))
+        return convert_channels(np.array(img), channels)  # a small writeable copy
+
+
+def _check_fit(size, mode: str) -> None:
+    if mode not in ("pad", "crop"):
+        raise MedbenchError(f"resize mode must be 'pad' or 'crop', not {mode!r}")
+    if not isinstance(size, int) or size < 1:
+        raise MedbenchError(f"image size must be a positive integer, not {size!r}")
+
+
+def _fit(im, size: int, mode: str):
+    """Pillow image -> ``size`` x ``size``: pad keeps the whole image (resized so its long side is ``size``, then
+    centred on black); crop keeps the centred square of side min(H, W). Lanczos (antialiased when shrinking)."""
+    from PIL import Image
+
+    lanczos = Image.Resampling.LANCZOS
+    w, h = im.size
+    if mode == "crop":
+        s = min(w, h)
+        if w != h:
+            left, top = (w - s) // 2, (h - s) // 2
+            im = im.crop((left, top, left + s, top + s))
+        return im if s == size else im.resize((size, size), lanczos)
+    scale = size / max(w, h)
+    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+    if (tw, th) != (w, h):
+        im = im.resize((tw, th), lanczos)
+    if (tw, th) == (size, size):
+        return im
+    out = Image.new(im.mode, (size, size))  # black
+    out.paste(im, ((size - tw) // 2, (size - th) // 2))
+    return out
 
 
 def resize_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
     """uint8 ``[H, W, C]`` -> ``[size, size, C]`` keeping the aspect ratio.
 
-    ``pad``: centred on a black square of side max(H, W); ``crop``: the centred square of side min(H, W).
-    Then resized with Pillow's Lanczos filter (antialiased when shrinking).
+    ``pad``: resized so that the long side is ``size``, then centred on a black square; ``crop``: the centred
+    square of side min(H, W), resized. Pillow's Lanczos filter (antialiased when shrinking).
     """
-    from PIL import Image
-
-    if mode not in ("pad", "crop"):
-        raise MedbenchError(f"resize mode must be 'pad' or 'crop', not {mode!r}")
+    _check_fit(size, mode)
     if img.ndim == 2:
         img = img[..., None]
-    h, w, c = img.shape
-    if h != w:
-        if mode == "pad":
-            s = max(h, w)
-            out = np.zeros((s, s, c), np.uint8)
-            top, left = (s - h) // 2, (s - w) // 2
-            out[top:top + h, left:left + w] = img
-            img = out
-        else:
-            s = min(h, w)
-            top, left = (h - s) // 2, (w - s) // 2
-            img = img[top:top + s, left:left + s]
-    if img.shape[0] == size:
+    if img.shape[0] == img.shape[1] == size:
         return np.ascontiguousarray(img)
-    im = Image.fromarray(np.ascontiguousarray(img[..., 0] if c == 1 else img))
-    im = im.resize((size, size), Image.Resampling.LANCZOS)
-    out = np.asarray(im)
-    return np.ascontiguousarray(out[..., None] if out.ndim == 2 else out)
+    return _as_hwc(_fit(_from_hwc(img), size, mode))

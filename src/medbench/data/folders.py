@@ -11,6 +11,8 @@ Layout (``scan_folder``):
   error, never silently dropped.
 * Hidden files and folders (a name starting with ``.``) and files whose suffix is not in ``extensions`` are
   ignored and listed in ``FolderListing.ignored``.
+* An image that is a symbolic link (or lies in a linked class folder) resolving outside ``root`` is an error,
+  as a CSV path outside its root is (:func:`inside_root`).
 
 Splitting (``load_folder``):
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from medbench.data.dataset import SPLITS, ImageDataset, Split
-from medbench.data.decode import convert_channels, decode_image, is_grey, resize_square
+from medbench.data.decode import convert_channels, decode_fitted, is_grey
 from medbench.data.splits import stratified_split
 from medbench.errors import MedbenchError
 
@@ -61,6 +63,12 @@ class FolderListing:
 def name_some(items: list[str], n: int = MAX_NAMED) -> str:
     shown = ", ".join(items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def inside_root(root: Path, path: Path) -> Path | None:
+    """``path`` with symlinks resolved, relative to ``root`` (resolved), or None when it points outside."""
+    full, base = Path(path).resolve(), Path(root).resolve()
+    return full.relative_to(base) if full.is_relative_to(base) else None
 
 
 def _walk(folder: Path, root: Path, extensions: tuple[str, ...], ignored: list[str]) -> list[Path]:
@@ -130,6 +138,10 @@ def scan_folder(root: str | os.PathLike, *, label_regex: str | None = None,
                     continue
                 entries.append((p.relative_to(root).as_posix(), label))
         raw[split] = entries
+    outside = [f for entries in raw.values() for f, _ in entries if inside_root(root, root / f) is None]
+    if outside:
+        raise MedbenchError(f"{root}: {len(outside)} image(s) are links that point outside the folder: "
+                            f"{name_some(outside, 5)}; copy those images into the folder or remove the links")
     if unmatched:
         raise MedbenchError(f"{root}: {len(unmatched)} image(s) do not match the label regex {label_regex!r}: "
                             f"{name_some(unmatched, 5)}; fix the regex or move those files out of the folder")
@@ -221,7 +233,7 @@ def _decode_all(root: Path, rel: list[str], size: int, resize: str, progress: bo
     with progress_bar(f"decode {root.name}", total=len(rel), enabled=progress, unit="images") as bar:
         for f in rel:
             try:
-                img = resize_square(decode_image(root / f), size, resize)
+                img = decode_fitted(root / f, size, resize)
             except MedbenchError as e:
                 images.append(None)
                 reason = str(e)
