@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-bytes", type=int, default=10 * 2 ** 20, help="largest upload (default 10 MB)")
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="largest declared image (default 50 M)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="images decoded/predicted at once (default 2)")
+    p.add_argument("--queue-timeout", type=float, default=5.0, help="seconds a request waits for a free slot "
+                                                                     "before it gets 503 (default 5)")
 
     p = sub.add_parser("export", parents=[common], help="RUN_DIR/model.onnx (dynamic batch) or model.ts")
     p.add_argument("run_dir", type=Path)
@@ -520,7 +523,8 @@ def _cmd_serve(args) -> None:
     from medbench.serve import serve
 
     serve(args.run_dirs, host=args.host, port=args.port, device=args.device, max_bytes=args.max_bytes,
-          max_pixels=args.max_pixels, quiet=args.quiet)
+          max_pixels=args.max_pixels, max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
+          quiet=args.quiet)
 
 
 def _cmd_export(args) -> None:
