@@ -365,3 +365,14 @@ def test_budget_refuses_plausible_but_oversized_arrays(tmp_path):
     with pytest.raises(MedbenchError, match="its arrays declare 1,791,370 bytes, more than the 1,000,000 a "
                                             "breastmnist file at 28 px can hold"):
         medmnist.read_npz(path, "breastmnist", 28, budget=1_000_000)
+
+
+def test_a_sigkilled_downloads_part_file_is_removed_once_stale(tmp_path):
+    """SIGKILL cannot be caught: the next download deletes a .part file older than any live download."""
+    stale, fresh = tmp_path / ".breastmnist.npz.old1.part", tmp_path / ".breastmnist.npz.new1.part"
+    for p in (stale, fresh):
+        p.write_bytes(b"half a file")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    with pytest.raises(MedbenchError, match="download of .*breastmnist.npz failed"):
+        download("breastmnist", data_dir=tmp_path, progress=False, deadline=60)  # the conftest's dead mirror
+    assert not stale.exists() and fresh.exists()

@@ -135,7 +135,8 @@ class _Terminated(BaseException):  # not an Exception: no handler on the way may
 def _sigterm_raises():
     """While a download runs in the main thread, SIGTERM raises so that ``finally`` blocks remove the .part file;
     afterwards the signal goes again to the handler that was there before (by default: the process ends as killed
-    by SIGTERM). SIGKILL cannot be caught: it leaves a hidden ``.NAME.*.part`` file behind, delete it by hand."""
+    by SIGTERM). SIGKILL cannot be caught: its hidden ``.NAME.*.part`` file is deleted by a later download once
+    stale."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -156,6 +157,18 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
         if caught:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _remove_stale_parts(root: Path, name: str, deadline: float) -> None:
+    """Delete ``.NAME.*.part`` files that a SIGKILLed download left: any not written to for longer than a live
+    download may run (its deadline) cannot belong to one."""
+    now = time.time()
+    for p in root.glob(f".{name}.*.part"):
+        try:
+            if now - p.stat().st_mtime > deadline + READ_TIMEOUT_S:
+                p.unlink()
+        except OSError:
+            pass
 
 
 def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True, timeout: float = READ_TIMEOUT_S,
@@ -179,6 +192,7 @@ def download(name: str, size: int = 28, data_dir=None, *, progress: bool = True,
     with _sigterm_raises():
         try:
             root.mkdir(parents=True, exist_ok=True)
+            _remove_stale_parts(root, dest.name, deadline)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=root)
         except OSError as e:
             raise MedbenchError(f"cannot write to data folder {root} ({e.strerror}); use --data-dir or MEDBENCH_DATA "

@@ -279,6 +279,15 @@ def write_run_report(run_dir, *, data_dir=None, dataset=None, quiet: bool = True
     ``dataset``: an already loaded :class:`~medbench.data.ImageDataset`; otherwise the run's dataset is
     loaded from ``data_dir`` (or the default data root) as ``medbench.run.evaluate`` does.
     """
+    from medbench.rundir import locked
+
+    if not Path(run_dir).is_dir():
+        raise MedbenchError(f"{run_dir} is not a folder; give report a run directory (made by medbench train)")
+    with locked(run_dir, "medbench report"):
+        return _write_run_report(run_dir, data_dir=data_dir, dataset=dataset, quiet=quiet)
+
+
+def _write_run_report(run_dir, *, data_dir, dataset, quiet: bool) -> Path:
     import torch
     import yaml
 
