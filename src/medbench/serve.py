@@ -15,8 +15,8 @@ Every error is a JSON ``{"error": message}`` with a 4xx status, or 503 when busy
   arrives chunked: the bytes are counted as they stream in and the request is cut off at the limit, so no more
   than the limit is ever spooled to a temporary file;
 - an image whose header declares more than ``max_pixels`` pixels, in any format (PNG, JPEG, BMP, TIFF, GIF,
-  DICOM), is 413 before decoding; so is one that the model's square padding would blow up past ``max_pixels``
-  (a 100000x1 PNG pads to 10^10 pixels);
+  DICOM), is 413 before decoding, and so is a side over the decoder's ``MAX_SIDE``; decoding resizes before it
+  pads, so a 100000x1 PNG costs a few MB and is answered like any image;
 - decoding and inference run in at most ``max_concurrent`` slots (and as many again for images whose PNG/JPEG
   header declares at most 4 Mpx, so a flood of large images does not starve ordinary ones); a request that waits
   ``queue_timeout`` seconds without a slot is 503 with ``Retry-After`` (memory stays bounded);
@@ -230,7 +230,7 @@ def create_app(run_dirs: Sequence[str | os.PathLike], *, device: str = "cpu", ma
         tmp = _save_upload(file, upload_dir.name, max_bytes)
         try:
             size = _quick_size(tmp)  # a bomb that says so in a PNG/JPEG header is refused without waiting
-            _check_pixels(size, max_pixels, s.predictor.cfg.fit)
+            _check_pixels(size, max_pixels)
             lane = small if size is not None and size[0] * size[1] <= SMALL_PIXELS else large
             if not lane.acquire(timeout=queue_timeout):
                 raise HTTPException(503, f"busy: {max_concurrent} images are being processed and none finished "
@@ -328,7 +328,7 @@ def _decode(predictor, tmp: str, max_pixels: int):
 
     try:
         _check_deflated_dicom(tmp, 4 * max_pixels + 2 ** 20)
-        _check_pixels(_declared_size(tmp), max_pixels, predictor.cfg.fit)
+        _check_pixels(_declared_size(tmp), max_pixels)
         return predictor.load_image(tmp)
     except HTTPException:
         raise
@@ -403,8 +403,8 @@ def _declared_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-def _check_pixels(size: tuple[int, int] | None, max_pixels: int, fit: str) -> None:
-    """413 when the image, or the square it is padded to before resizing, has more than ``max_pixels``."""
+def _check_pixels(size: tuple[int, int] | None, max_pixels: int) -> None:
+    """413 when the image declares more than ``max_pixels`` (the decoder refuses a side over its ``MAX_SIDE``)."""
     from fastapi import HTTPException
 
     if size is None:
@@ -412,10 +412,6 @@ def _check_pixels(size: tuple[int, int] | None, max_pixels: int, fit: str) -> No
     w, h = size
     if w * h > max_pixels:
         raise HTTPException(413, f"the image declares {w}x{h} pixels, over the limit of {max_pixels} pixels")
-    side = max(w, h) if fit == "pad" else min(w, h)
-    if side * side > max_pixels:  # resize_square pads to side x side before shrinking: 100000x1 -> 10^10 pixels
-        raise HTTPException(413, f"the image declares {w}x{h} pixels, which the model pads to a {side}x{side} "
-                                 f"square, over the limit of {max_pixels} pixels")
 
 
 def _infer(s: _Served, image, cam: bool) -> dict:
