@@ -95,3 +95,50 @@ def test_per_channel_normalisation_is_checked():
     assert mean == pytest.approx([(0.485 + 0.456 + 0.406) / 3]) and std == pytest.approx([(0.229 + 0.224 + 0.225) / 3])
     assert normalization(imagenet, 3) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     assert normalization(resolve_config({"dataset": "breastmnist"}), 3) == ([0.5] * 3, [0.5] * 3)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("epochs", -1, "greater than or equal to 1"), ("epochs", 10 ** 9, "less than or equal to 100000"),
+    ("lr", NAN, "finite number"), ("lr", INF, "finite number"), ("lr", -1e-3, "greater than 0"),
+    ("lr", "1e400", "finite number"), ("batch_size", 0, "greater than or equal to 2"),
+    ("batch_size", 10 ** 9, "less than or equal to 65536"), ("eval_batch_size", 0, "greater than or equal to 1"),
+    ("momentum", 1.0, "less than 1"), ("momentum", -0.1, "greater than or equal to 0"),
+    ("label_smoothing", 1.0, "less than 1"), ("mixup", -0.5, "greater than or equal to 0"),
+    ("cutmix", NAN, "finite number"), ("milestones", [0.0, 0.5], "strictly between 0 and 1"),
+    ("milestones", [0.5, 1.0], "strictly between 0 and 1"), ("milestones", [NAN], "finite number"),
+    ("drop_rate", 1.0, "less than 1"), ("drop_path_rate", -0.1, "greater than or equal to 0"),
+    ("size", 0, "greater than or equal to 1"), ("size", 20000, "less than or equal to 2048"),
+    ("seed", -1, "greater than or equal to 0"), ("seed", 2 ** 63, "less than 9223372036854775808"),
+    ("split_seed", -1, "greater than or equal to 0"), ("weight_decay", INF, "finite number"),
+    ("gamma", 0, "greater than 0"), ("ema", NAN, "finite number"), ("bootstrap", 10 ** 8, "less than or equal"),
+    ("members", 0, "greater than or equal to 1"), ("keep_checkpoints", -1, "greater than or equal to 0"),
+    ("truncate", 10 ** 6, "less than or equal to 100"), ("input_size", 10 ** 6, "less than or equal to 2048"),
+    ("norm_std", INF, "finite number"), ("synthetic_ratio", INF, "finite number"),
+    ("backbone_lr_scale", 0, "greater than 0"), ("val_from_train", NAN, "finite number"),
+    ("dataset", "", "at least 1 character"), ("label_cols", [], "at least one column name"),
+    ("device", "cuda:123456", "String should match pattern"),
+])
+def test_out_of_range_values_are_refused_naming_the_field(field, value, fragment):
+    with pytest.raises(MedbenchError) as err:
+        resolve_config({"dataset": "breastmnist", field: value})
+    message = str(err.value)
+    assert f"{field}" in message and fragment in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ({"seed": 2 ** 62, "members": 4}, "seed 4611686018427387904 x members 4 reaches 2**63"),
+    ({"seed": 2 ** 40, "model": "sk:logreg"}, "too large for scikit-learn models; choose one below 2**32"),
+])
+def test_seeds_that_overflow_later_are_refused(extra, fragment):
+    with pytest.raises(MedbenchError, match=fragment.replace("*", r"\*")) as err:
+        resolve_config({"dataset": "breastmnist", **extra})
+    assert "got {" not in str(err.value)  # a check across fields does not dump the whole config
+
+
+def test_largest_allowed_values_pass():
+    cfg = resolve_config({"dataset": "breastmnist", "seed": 2 ** 63 - 1, "epochs": 100_000, "bootstrap": 100_000,
+                          "milestones": [0.01, 0.99], "momentum": 0.0, "size": 2048})
+    assert cfg.seed == 2 ** 63 - 1

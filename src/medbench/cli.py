@@ -7,13 +7,80 @@ import os
 import sys
 from pathlib import Path
 
+from medbench.config import BOOTSTRAP_LIMIT, MAX_SIZE, SEED_LIMIT
 
 EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of argparse's usage dump
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"medbench: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+
+
+def _whole(text: str) -> int:
+    """A whole number; '1e3' is read as 1000 (so '1e8' meets the range check, not a parse error)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not v.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(v)
+
+
+def int_in(lo: int, hi: int):
+    """argparse type: a whole number in [lo, hi] (hi bounds what memory or the libraries can take)."""
+    def parse(text: str) -> int:
+        v = _whole(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {v}")
+        return v
+    return parse
+
+
+def float_in(lo: float, hi: float, lo_open: bool = False):
+    """argparse type: a finite number in [lo, hi] ((lo, hi] with ``lo_open``); NaN and inf are refused."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'above' if lo_open else 'from'} {lo} "
+                                             f"{'and at most' if lo_open else 'to'} {hi}, got {text}")
+        return v
+    return parse
+
+
+def _device(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N (torch's own error lists every device type it was built for)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?", text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    """argparse type: a non-empty name."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+SEED = int_in(0, SEED_LIMIT - 1)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -105,11 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", parents=[common], help="list models, or --info NAME for one model's size")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--info", metavar="NAME", help="parameters and FLOPs of one model for the given input")
-    p.add_argument("--size", type=int, help="--info: input size (default: the model's default size)")
-    p.add_argument("--in-chans", type=int, default=3, help="--info: input channels (default 3)")
-    p.add_argument("--num-classes", type=int, default=2, help="--info: outputs (default 2)")
-    p.add_argument("--truncate", type=int, default=0, metavar="K", help="--info: also count with K stages dropped")
+    p.add_argument("--info", metavar="NAME", type=_nonempty,
+                   help="parameters and FLOPs of one model for the given input")
+    p.add_argument("--size", type=int_in(1, MAX_SIZE),
+                   help="--info: input size (default: the model's default size)")
+    p.add_argument("--in-chans", type=int_in(1, 64), default=3, help="--info: input channels (default 3)")
+    p.add_argument("--num-classes", type=int_in(1, 100_000), default=2, help="--info: outputs (default 2)")
+    p.add_argument("--truncate", type=int_in(0, 100), default=0, metavar="K",
+                   help="--info: also count with K stages dropped")
 
     p = sub.add_parser("train", parents=[common], help="train one run into a run directory")
     p.add_argument("--out", type=Path, help="run directory to create")
@@ -144,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", action="append", choices=["train", "val", "test"],
                    help="split(s) to evaluate (default: all)")
-    p.add_argument("--bootstrap", type=int, nargs="?", const=1000, metavar="B",
+    p.add_argument("--bootstrap", type=int_in(0, BOOTSTRAP_LIMIT), nargs="?", const=1000, metavar="B",
                    help="95 %% percentile CIs of every metric from B resamples (default 1000 when given)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--ensemble", type=int, metavar="K", help="average the K best kept checkpoints")
+    p.add_argument("--seed", type=SEED, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--ensemble", type=int_in(1, 1000), metavar="K", help="average the K best kept checkpoints")
     p.add_argument("--tta", action="store_true", default=None, help="average with horizontally flipped views")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
@@ -156,20 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="paired resamples (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int_in(1, BOOTSTRAP_LIMIT), default=1000, metavar="B",
+                   help="paired resamples (default 1000)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
     p = sub.add_parser("study", parents=[common], help="run a grid of runs resumably (or: study status DIR)",
                        description="medbench study STUDY.yaml --out DIR [--workers N] | medbench study status DIR")
     p.add_argument("target", nargs="+", metavar="STUDY.yaml | status DIR")
     p.add_argument("--out", type=Path, help="study folder (runs/, study.db, results.csv)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (threads divided among them)")
+    p.add_argument("--workers", type=int_in(1, 256), default=1,
+                   help="local worker processes (threads divided among them)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local processes, or one Ray task per run (pip install 'medbench[ray]')")
     p.add_argument("--address", help="ray: an existing cluster's address (default: start a local instance)")
-    p.add_argument("--cpus-per-run", type=float, help="ray: CPUs per run (default: cluster CPUs / --workers)")
-    p.add_argument("--gpus-per-run", type=float, help="ray: GPUs per run (default 1 if the cluster has GPUs)")
+    p.add_argument("--cpus-per-run", type=float_in(0, 4096, lo_open=True),
+                   help="ray: CPUs per run (default: cluster CPUs / --workers)")
+    p.add_argument("--gpus-per-run", type=float_in(0, 64), help="ray: GPUs per run (default 1 if the cluster has GPUs)")
     p.add_argument("--db", help="results database URL (default sqlite:///OUT/study.db; postgresql+psycopg://...)")
     p.add_argument("--dry-run", action="store_true", help="validate the file and list its runs; train nothing")
     p.add_argument("--report", action="store_true", default=None, help="write each run's report.html")
@@ -183,16 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="medbench report RUN_DIR | medbench report STUDY_DIR [--db URL]")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR|STUDY_DIR")
     p.add_argument("--db", help="study: results database URL (default sqlite:///STUDY_DIR/study.db)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="B", help="study: resamples for CIs (default 1000)")
+    p.add_argument("--bootstrap", type=int_in(0, BOOTSTRAP_LIMIT), default=1000, metavar="B",
+                   help="study: resamples for CIs (default 1000)")
 
     p = sub.add_parser("augment-preview", parents=[common], help="a picture of original vs augmented samples")
     p.add_argument("--dataset", required=True)
     p.add_argument("--augment", required=True, metavar="PRESET[,PRESET]")
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
-    p.add_argument("--n", type=int, default=32, help="images to show (default 32)")
-    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--n", type=int_in(1, 1024), default=32, help="images to show (default 32)")
+    p.add_argument("--size", type=int_in(1, MAX_SIZE), default=28)
     p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
 
     p = sub.add_parser("predict", parents=[common], help="predict new images with a trained run -> CSV",
                        description="medbench predict RUN_DIR INPUTS... --out preds.csv [--cam DIR] [--tta]")
@@ -201,10 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="CSV to write: path, one column per class, label")
     p.add_argument("--cam", type=Path, metavar="DIR", help="also write Grad-CAM overlays (PNG) into DIR")
     p.add_argument("--tta", action="store_true", help="average with horizontally flipped views")
-    p.add_argument("--threshold", type=float, help="binary: P(positive) threshold (default: the run's Youden "
+    p.add_argument("--threshold", type=float_in(0, 1), help="binary: P(positive) threshold (default: the run's Youden "
                                                    "threshold chosen on val, else 0.5)")
     p.add_argument("--skip-bad", action="store_true", help="unreadable files get an error cell instead of stopping")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
 
     p = sub.add_parser("serve", parents=[common], help="web page + JSON API over trained runs (pip install "
                                                        "'medbench[serve]')")
@@ -231,20 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     g = gsub.add_parser("train", parents=[common], help="train a generator on a dataset's training split")
     g.add_argument("--dataset", required=True)
     g.add_argument("--out", required=True, type=Path, help="folder for the generator, losses, sample grids")
-    g.add_argument("--size", type=int, default=28, help="28, 64 (also 32, 56, 112, 128, 224)")
-    g.add_argument("--epochs", type=int, default=50)
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--checkpoints", type=int, default=5, help="evenly spaced saves with a sample grid (default 5)")
-    g.add_argument("--judge-epochs", type=int, default=10,
+    g.add_argument("--size", type=int_in(1, MAX_SIZE), default=28, help="28, 64 (also 32, 56, 112, 128, 224)")
+    g.add_argument("--epochs", type=int_in(1, 100_000), default=50)
+    g.add_argument("--batch-size", type=int_in(2, 65_536), default=64)
+    g.add_argument("--lr", type=float_in(0, 10, lo_open=True), default=2e-4)
+    g.add_argument("--checkpoints", type=int_in(0, 1000), default=5,
+                   help="evenly spaced saves with a sample grid (default 5)")
+    g.add_argument("--judge-epochs", type=int_in(0, 100_000), default=10,
                    help="epochs of the real-data classifier behind the quality summary (0: skip it)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto")
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--device", type=_device, default="auto")
     g = gsub.add_parser("sample", parents=[common], help="write generated images and labels to an npz")
     g.add_argument("generator", type=Path, help="a `gan train` folder or its generator.safetensors")
-    g.add_argument("--per-class", type=int, required=True)
+    g.add_argument("--per-class", type=int_in(1, 10_000), required=True)
     g.add_argument("--out", required=True, type=Path, help=".npz to write (train_images, train_labels)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=SEED, default=0)
     return parser
 
 
@@ -264,6 +339,47 @@ def _train_settings(args) -> dict:
     if "dataset" not in settings:
         raise MedbenchError("no dataset given: use --dataset NAME (see `medbench datasets`) or --config FILE")
     return settings
+
+
+# a run directory's JSON files: what to do when one is damaged
+_RUN_JSON = {
+    "metrics.json": "delete it and run `medbench evaluate {run}` to recompute it",
+    "dataset.json": "delete it: medbench rebuilds it from the run's dataset",
+    "checkpoints/index.json": "restore it from a backup, or evaluate without --ensemble",
+    "model_card.json": "run `medbench card {run}` to rewrite it",
+}
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Read a run directory's own files before any work, so a damaged or hostile one is one line naming the file
+    and the fix (instead of a traceback from deep inside evaluate, report, predict or export)."""
+    from medbench.config import PROVENANCE_KEY, load_config, read_yaml
+    from medbench.errors import MedbenchError
+    from medbench.fileio import read_json, read_text
+
+    config = run_dir / "config.yaml"
+    if run_dir.is_file():
+        raise MedbenchError(f"{run_dir} is a file, not a run directory; give the folder `medbench train --out` made")
+    if not config.is_file():
+        raise MedbenchError(f"{run_dir} is not a run directory (config.yaml missing); give the folder "
+                            f"`medbench train --out` made")
+    raw = read_yaml(config)
+    provenance = raw.get(PROVENANCE_KEY) if isinstance(raw, dict) else None
+    if provenance is not None and not isinstance(provenance, dict):
+        raise MedbenchError(f"{config}: '{PROVENANCE_KEY}' must be a mapping, got {type(provenance).__name__}; "
+                            f"restore the file `medbench train` wrote")
+    load_config(config)
+    for rel, fix in _RUN_JSON.items():
+        if not (run_dir / rel).exists():
+            continue
+        fix = fix.format(run=run_dir)
+        data = read_json(run_dir / rel, rel, fix, kind=list if rel.endswith("index.json") else dict)
+        bad = [s for s in ("train", "val", "test") if rel == "metrics.json" and not isinstance(data.get(s, {}), dict)]
+        if bad:
+            raise MedbenchError(f"{run_dir / rel}: '{bad[0]}' holds a {type(data[bad[0]]).__name__}, not a record "
+                                f"of metrics; {fix}")
+    if (run_dir / "history.csv").exists():
+        read_text(run_dir / "history.csv", "history.csv", "delete it (the report then leaves out the curves)")
 
 
 def _print_table(table, width: int) -> None:
@@ -371,6 +487,7 @@ def _with_ci(rec: dict, key: str) -> str:
 def _cmd_evaluate(args) -> None:
     from medbench.run import SPLITS, evaluate
 
+    check_run_dir(args.run_dir)
     metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet, ensemble=args.ensemble,
                        tta=args.tta, bootstrap=args.bootstrap, seed=args.seed)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -398,6 +515,8 @@ def _cmd_evaluate(args) -> None:
 def _cmd_compare(args) -> None:
     from medbench.compare import compare_runs
 
+    check_run_dir(args.run_a)
+    check_run_dir(args.run_b)
     res = compare_runs(args.run_a, args.run_b, split=args.split, replicates=args.bootstrap, seed=args.seed,
                        data_dir=args.data_dir)
     if args.json:
@@ -477,6 +596,7 @@ def _cmd_report(args) -> None:
         return
     from medbench.report import write_run_report
 
+    check_run_dir(args.run_dir)
     path = write_run_report(args.run_dir, data_dir=args.data_dir, quiet=True)
     print(f"wrote {path}")
 
@@ -512,6 +632,7 @@ def _cmd_gan(args) -> None:
 def _cmd_predict(args) -> None:
     from medbench.predict import predict_files
 
+    check_run_dir(args.run_dir)
     info = predict_files(args.run_dir, args.inputs, args.out, cam_dir=args.cam, tta=args.tta,
                          threshold=args.threshold, skip_bad=args.skip_bad, device=args.device)
     extra = f", {info['skipped']} unreadable (error column)" if info["skipped"] else ""
@@ -530,6 +651,7 @@ def _cmd_serve(args) -> None:
 def _cmd_export(args) -> None:
     from medbench.export import export_run
 
+    check_run_dir(args.run_dir)
     path = export_run(args.run_dir, args.format, args.out)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 images [N, C, S, S] -> probabilities [N, K]")
 
@@ -537,6 +659,7 @@ def _cmd_export(args) -> None:
 def _cmd_card(args) -> None:
     from medbench.card import CARD_MD, write_model_card
 
+    check_run_dir(args.run_dir)
     write_model_card(args.run_dir, data_dir=args.data_dir)
     print(f"wrote {args.run_dir / CARD_MD} and model_card.json")
 
@@ -547,32 +670,81 @@ COMMANDS = {"datasets": _cmd_datasets, "models": _cmd_models, "train": _cmd_trai
             "serve": _cmd_serve, "export": _cmd_export, "card": _cmd_card}
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation the machine cannot make: the values asked for are too large (torch raises RuntimeError)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()))
+
+
+def _warnings_one_line(quiet: bool):
+    """A showwarning that prints each warning as one line; with ``quiet``, undefined-metric warnings only once
+    (the first says what and where; the rest repeat it for other splits, epochs or resamples)."""
+    from medbench.metrics import UndefinedMetricWarning
+
+    seen: set = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if quiet and issubclass(category, UndefinedMetricWarning):
+            if UndefinedMetricWarning in seen:
+                return
+            seen.add(UndefinedMetricWarning)
+        print(f"medbench: warning: {_one_line(message)}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line, exit 2), or --help / --version (exit 0)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    import warnings
+
     from medbench.errors import MedbenchError
 
+    shown = warnings.showwarning
+    warnings.showwarning = _warnings_one_line(args.quiet)
     try:
         code = COMMANDS[args.command](args)
     except MedbenchError as e:
         if args.debug:
             raise
-        print(f"medbench: error: {e}", file=sys.stderr)
+        print(f"medbench: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MemoryError, RuntimeError) as e:
+        if args.debug or not _out_of_memory(e):
+            return _internal(e, args.debug)
+        print(f"medbench: error: out of memory ({_one_line(e)[:200]}); the values asked for need more memory than "
+              f"this machine has: use a smaller --size, --batch-size, --bootstrap or other count", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a path the user gave: a folder for a file, no such folder, no permission
+        if args.debug:
+            raise
+        where = e.filename if e.filename2 is None else e.filename2
+        print(f"medbench: error: cannot use {where}: {e.strerror or _one_line(e)}; check the path (a file, not a "
+              f"folder, in a folder that exists) and its permissions", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("medbench: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not bad input: still one line unless --debug
-        if args.debug:
-            raise
-        print(f"medbench: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(e, args.debug)
     finally:
+        warnings.showwarning = shown
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return code or 0
+
+
+def _internal(e: Exception, debug: bool) -> int:
+    if debug:
+        raise e
+    print(f"medbench: internal error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ def read_predictions(path: Path) -> np.ndarray:
     """Scores from a MedMNIST-format predictions file (no header; index, then one column per class)."""
     if not path.is_file():
         raise MedbenchError(f"{path} not found: run `medbench evaluate {path.parent.parent}` first")
-    table = np.loadtxt(path, delimiter=",", ndmin=2)
+    fix = f"delete it and run `medbench evaluate {path.parent.parent}` to rewrite it"
+    try:
+        table = np.loadtxt(path, delimiter=",", ndmin=2)
+    except (ValueError, UnicodeDecodeError) as e:  # text, a ragged row, not UTF-8
+        why = " ".join(str(e).split())[:200]
+        raise MedbenchError(f"{path}: damaged predictions ({why}); {fix}") from None
+    if table.shape[1] < 2 or not np.isfinite(table).all():
+        raise MedbenchError(f"{path}: damaged predictions (expected an index and finite scores per row); {fix}")
     return table[:, 1:]
 
 

@@ -14,14 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from medbench.errors import MedbenchError
 
 PROVENANCE_KEY = "provenance"  # written beside the config, ignored when it is read back
+SEED_LIMIT = 2 ** 63  # torch and numpy take seeds below it
+SK_SEED_LIMIT = 2 ** 32  # scikit-learn's random_state takes seeds below it
+MAX_SIZE = 2048  # px: larger images would not fit a decoded dataset in memory
+BOOTSTRAP_LIMIT = 100_000  # resamples: more only costs memory and time (CIs settle long before)
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # every float finite
 
     # data
-    dataset: str
-    size: int = Field(28, description="image size in pixels (MedMNIST: 28, 64, 128 or 224)")
+    dataset: str = Field(min_length=1)
+    size: int = Field(28, ge=1, le=MAX_SIZE, description="image size in pixels (MedMNIST: 28, 64, 128 or 224)")
     as_rgb: bool = Field(False, description="repeat grey images to 3 channels (MedMNIST benchmark parity)")
     norm_mean: float | list[float] | None = Field(
         None, description="normalise as (x/255 - mean) / std, one value or one per channel; None: the pretrained "
@@ -42,22 +46,22 @@ class RunConfig(BaseModel):
     test_from_train: float = Field(0.0, ge=0, lt=1, description="own data: the same for test")
     group_regex: str | None = Field(None, description="own data: keep files with the same first capture group "
                                                       "(e.g. a patient id) in one split")
-    split_seed: int = Field(0, description="seed of drawn splits (fixed across training seeds)")
+    split_seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="seed of drawn splits (fixed across training seeds)")
     skip_bad: bool = Field(False, description="own data: leave unreadable files out (listed in skipped.json)")
     allow_outside_root: bool = Field(False, description="csv: allow image paths outside the CSV's folder")
     # model and task
-    model: str = "resnet18"
+    model: str = Field("resnet18", min_length=1)
     features: Literal["pixels", "hog"] = Field("pixels", description="sk: models: flattened pixels or HOG")
     stem: Literal["auto", "small", "imagenet"] = "auto"
     pretrained: bool = Field(False, description="start from the model's ImageNet weights")
     weights: str | None = Field(None, description="start from this weights file (safetensors, or .pth tensors)")
-    truncate: int = Field(0, ge=0, description="drop the last K stages (CheXtransfer truncation)")
+    truncate: int = Field(0, ge=0, le=100, description="drop the last K stages (CheXtransfer truncation)")
     input_adapt: Literal["auto", "native", "resize", "pad"] = Field(
         "auto", description="how images reach the network: auto resizes only when smaller than it accepts")
-    input_size: int | None = Field(None, ge=1, description="resize/pad target size in pixels")
+    input_size: int | None = Field(None, ge=1, le=MAX_SIZE, description="resize/pad target size in pixels")
     resize_mode: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
     freeze: Literal["none", "backbone"] = Field("none", description="backbone: train only the head (linear probe)")
-    backbone_lr_scale: float = Field(1.0, gt=0, description="backbone lr = lr x this (head at lr)")
+    backbone_lr_scale: float = Field(1.0, gt=0, le=100, description="backbone lr = lr x this (head at lr)")
     drop_rate: float | None = Field(None, ge=0, lt=1, description="dropout before the classifier (cnn5, timm "
                                                                   "models); None: the model's default")
     drop_path_rate: float | None = Field(None, ge=0, lt=1, description="stochastic depth (timm models)")
@@ -68,46 +72,48 @@ class RunConfig(BaseModel):
         "none", description="preset name, 'a,b', or a list of names and {name: ..., option: value} mappings "
                             "applied in order (see `medbench.augment.PRESETS`)")
     no_flip: bool = Field(False, description="never flip (anatomy where laterality matters)")
-    mixup: float = Field(0.0, ge=0, description="mixup Beta(a, a) alpha; 0 = off")
-    cutmix: float = Field(0.0, ge=0, description="cutmix Beta(a, a) alpha; 0 = off (with mixup: one per batch)")
+    mixup: float = Field(0.0, ge=0, le=100, description="mixup Beta(a, a) alpha; 0 = off")
+    cutmix: float = Field(0.0, ge=0, le=100, description="cutmix Beta(a, a) alpha; 0 = off (with mixup: one per batch)")
     synthetic: str | None = Field(None, description="generator (`medbench gan train` output) or samples .npz "
                                                     "whose images are added to the training split")
     synthetic_ratio: float = Field(1.0, gt=0, description="synthetic images per real training image")
-    synthetic_cap: float = Field(1.0, gt=0, description="largest synthetic_ratio accepted")
+    synthetic_cap: float = Field(1.0, gt=0, le=100, description="largest synthetic_ratio accepted")
     synthetic_classes: Literal["match", "balance"] = Field(
         "match", description="match: the real class mix; balance: fill the rarest classes first")
     # optimisation
     recipe: str | None = None
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(32, ge=2)
-    eval_batch_size: int = Field(256, ge=1)
+    epochs: int = Field(100, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=2, le=65_536)
+    eval_batch_size: int = Field(256, ge=1, le=65_536)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr: float = Field(1e-3, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "cosine"
     milestones: list[float] = Field([0.5, 0.75], description="multistep: fractions of training where lr *= gamma")
-    gamma: float = Field(0.1, gt=0)
+    gamma: float = Field(0.1, gt=0, le=1)
     ema: float = Field(0.0, ge=0, lt=1, description="weight EMA decay per optimiser step (e.g. 0.998); the "
                                                     "averaged weights are validated, selected and saved; 0 = off")
     select_metric: Literal["auc", "acc", "loss"] = Field("auc", description="validation metric that picks the epoch")
     # evaluation of the finished run (`medbench evaluate` flags override them)
-    keep_checkpoints: int = Field(0, ge=0, description="keep the K best epochs' weights (by select_metric) in "
+    keep_checkpoints: int = Field(0, ge=0, le=1000, description="keep the K best epochs' weights (by select_metric) in "
                                                        "checkpoints/, for ensembles")
-    ensemble: int = Field(1, ge=1, description="average the probabilities of the K best kept checkpoints")
-    members: int = Field(1, ge=1, description="deep ensemble: train K networks (seeds seed*K .. seed*K+K-1) into "
-                                              "members/ and average their probabilities")
+    ensemble: int = Field(1, ge=1, le=1000, description="average the probabilities of the K best kept checkpoints")
+    members: int = Field(1, ge=1, le=1000, description="deep ensemble: train K networks (seeds seed*K .. "
+                                                       "seed*K+K-1) into members/ and average their "
+                                                       "probabilities")
     decision: Literal["0.5", "youden"] = Field(
         "0.5", description="binary: the threshold of the headline acc/F1/confusion matrix: P(positive) > 0.5, or the "
                            "Youden threshold chosen on val (both are always reported)")
     tta: bool = Field(False, description="average each image's prediction with its horizontal flip")
-    bootstrap: int = Field(0, ge=0, description="resamples of each split for 95 % CIs of every metric (0 = none)")
+    bootstrap: int = Field(0, ge=0, le=BOOTSTRAP_LIMIT, description="resamples of each split for 95 % CIs of "
+                                                                      "every metric (0 = none)")
     # reproducibility and hardware
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     deterministic: bool = False
     detect_anomaly: bool = Field(False, description="debugging: autograd anomaly detection (slow); stops at the "
                                                     "first backward step that makes NaN/inf")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,4})?)$")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, "
                             "else fp32")
@@ -119,6 +125,21 @@ class RunConfig(BaseModel):
     def _positive_std(cls, v):
         if v is not None and any(x <= 0 for x in ([v] if isinstance(v, (int, float)) else v)):
             raise ValueError("every norm_std value must be > 0")
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_inside(cls, v):
+        if any(not 0 < x < 1 for x in v):
+            raise ValueError("every milestone must be a fraction of training strictly between 0 and 1, "
+                             "e.g. [0.5, 0.75]")
+        return v
+
+    @field_validator("label_cols")
+    @classmethod
+    def _named_columns(cls, v):
+        if v is not None and (not v or any(not c.strip() for c in v)):
+            raise ValueError("give at least one column name, none empty")
         return v
 
     @field_validator("augment")
@@ -142,6 +163,14 @@ class RunConfig(BaseModel):
                              "choose one")
         if self.tta and self.no_flip:
             raise ValueError("tta averages horizontally flipped views, but no_flip says flips are not valid here")
+        return self
+
+    @model_validator(mode="after")
+    def _seeds_in_range(self):
+        if self.members > 1 and self.seed * self.members + self.members > SEED_LIMIT:  # member seeds seed*K + i
+            raise ValueError(f"seed {self.seed} x members {self.members} reaches 2**63; choose a smaller seed")
+        if self.model.startswith("sk:") and self.seed >= SK_SEED_LIMIT:
+            raise ValueError(f"seed {self.seed} is too large for scikit-learn models; choose one below 2**32")
         return self
 
     @model_validator(mode="after")
@@ -183,6 +212,8 @@ def _format_error(e: ValidationError, where: str) -> MedbenchError:
             msgs.append(f"unknown key '{key}' (valid keys: {', '.join(RunConfig.model_fields)})")
         elif err["type"] == "missing":
             msgs.append(f"'{key}' is required")
+        elif not err["loc"]:  # a check across fields: its message names them, the input is the whole config
+            msgs.append(err["msg"].removeprefix("Value error, "))
         else:
             msgs.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     return MedbenchError(f"{where}: " + "; ".join(msgs))

@@ -99,3 +99,38 @@ def save_image_grid(images, path: str | os.PathLike, per_row: int, scale: int = 
         grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     with atomic_path(path) as tmp:
         Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy()).save(tmp, format="PNG")
+
+
+# ---- reading a run directory's own files: damaged or hostile content is one clear line, never a traceback ----
+
+def read_text(path: str | os.PathLike, what: str, fix: str) -> str:
+    """The UTF-8 text of ``path``; missing, a folder, unreadable or not UTF-8: a :class:`MedbenchError` that
+    names the file, the problem and ``fix`` (what the user should do)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problem = "not found"
+    except IsADirectoryError:
+        problem = f"is a folder, not the {what}"
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte {e.start}: {e.reason})"
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror or e})"
+    raise MedbenchError(f"{path}: {problem}; {fix}")
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str, kind: type = dict) -> Any:
+    """A JSON file whose top level must be ``kind``; a damaged one is one :class:`MedbenchError` naming the file,
+    where it breaks and ``fix``."""
+    text = read_text(path, what, fix)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MedbenchError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); {fix}") from None
+    except RecursionError:  # [[[[... nested deeper than the parser's stack
+        raise MedbenchError(f"{path}: nested too deeply to read; {fix}") from None
+    if not isinstance(data, kind):
+        raise MedbenchError(f"{path}: holds a JSON {type(data).__name__}, expected a JSON "
+                            f"{'object' if kind is dict else kind.__name__}; {fix}")
+    return data

@@ -35,6 +35,15 @@ TASK_NAMES = ("binary", "multiclass", "multilabel", "ordinal")
 ECE_BINS = 15
 LOG_LOSS_EPS = 1e-15  # probabilities are clipped to [LOG_LOSS_EPS, 1] before the log
 _ECE_INNER_EDGES = np.linspace(0.0, 1.0, ECE_BINS + 1)[1:-1]
+SHOWN_NAMES = 5  # classes named in an aggregated warning; the rest are counted
+
+
+class UndefinedMetricWarning(UserWarning):
+    """A metric reported as null (None) because the split cannot define it; the CLI prints these once when quiet."""
+
+
+def _undefined(message: str, stacklevel: int = 2) -> None:
+    warnings.warn(message, UndefinedMetricWarning, stacklevel=stacklevel + 1)
 
 
 def check_finite(scores: np.ndarray, what: str = "scores") -> None:
@@ -85,21 +94,34 @@ def rank_auc(y_true, scores) -> np.ndarray:
         return ((ranks * y).sum(0) - pos * (pos + 1) / 2) / (pos * neg)
 
 
-def _binary_auc(y, s, what: str) -> float | None:
-    if np.unique(y).size < 2:
-        warnings.warn(f"AUC undefined for {what}: only one class present; reported as null", stacklevel=3)
-        return None
-    return float(rank_auc(y, s)[0])
+def _binary_auc(y, s) -> float | None:
+    """The AUC of one class (label) against the rest; None when the split holds only one of the two values."""
+    return float(rank_auc(y, s)[0]) if np.unique(y).size == 2 else None
+
+
+def _warn_undefined_auc(kind: str, undefined: list[int], total: int) -> None:
+    """One warning for all the classes (labels) whose AUC is undefined: hundreds of classes, one line."""
+    if not undefined:
+        return
+    shown = ", ".join(map(str, undefined[:SHOWN_NAMES])) + (", ..." if len(undefined) > SHOWN_NAMES else "")
+    what = f"{kind} {shown}" if total == 1 or len(undefined) == 1 else \
+        f"{len(undefined)} of {total} {'classes' if kind == 'class' else 'labels'} ({shown})"
+    _undefined(f"AUC undefined for {what}: only one class present; reported as null", stacklevel=3)
 
 
 def auc(y_true, scores, task: str) -> float | None:
     y, s = _as_arrays(y_true, scores)
     if task == "binary":
-        return _binary_auc(y[:, 0], s[:, -1], "the positive class")
+        value = _binary_auc(y[:, 0], s[:, -1])
+        if value is None:
+            _undefined("AUC undefined for the positive class: only one class present; reported as null")
+        return value
     if task == "multilabel":  # -1 entries (unknown, --uncertain u-ignore) are left out of their label's AUC
-        per = [_binary_auc(y[y[:, i] >= 0, i], s[y[:, i] >= 0, i], f"label {i}") for i in range(s.shape[1])]
-        return None if any(a is None for a in per) else sum(per) / s.shape[1]
-    per = [_binary_auc((y[:, 0] == i).astype(float), s[:, i], f"class {i}") for i in range(s.shape[1])]
+        per = [_binary_auc(y[y[:, i] >= 0, i], s[y[:, i] >= 0, i]) for i in range(s.shape[1])]
+    else:
+        per = [_binary_auc((y[:, 0] == i).astype(float), s[:, i]) for i in range(s.shape[1])]
+    _warn_undefined_auc("label" if task == "multilabel" else "class", [i for i, a in enumerate(per) if a is None],
+                        len(per))
     return None if any(a is None for a in per) else sum(per) / s.shape[1]
 
 
@@ -108,7 +130,7 @@ def acc(y_true, scores, task: str, threshold: float = 0.5) -> float | None:
     known entry)."""
     y, s = _as_arrays(y_true, scores)
     if not len(y):
-        warnings.warn("accuracy undefined: no samples; reported as null", stacklevel=2)
+        _undefined("accuracy undefined: no samples; reported as null", stacklevel=2)
         return None
     if task == "binary":
         return float(np.mean(y[:, 0] == (s[:, -1] > threshold)))
@@ -116,8 +138,10 @@ def acc(y_true, scores, task: str, threshold: float = 0.5) -> float | None:
         known, hit = y >= 0, y == (s > threshold)
         counts = known.sum(0)
         if not counts.all():
-            warnings.warn(f"accuracy undefined: label(s) {np.flatnonzero(counts == 0).tolist()} have no known "
-                          f"(0/1) entry; reported as null", stacklevel=2)
+            empty = np.flatnonzero(counts == 0).tolist()
+            shown = empty[:SHOWN_NAMES] + (["..."] if len(empty) > SHOWN_NAMES else [])
+            _undefined(f"accuracy undefined: {len(empty)} label(s) {shown} have no known (0/1) entry; reported as "
+                       f"null", stacklevel=2)
             return None
         return float(np.mean((hit & known).sum(0) / counts))
     return float(np.mean(y[:, 0] == s.argmax(axis=1)))
@@ -350,7 +374,7 @@ def _json_float(value, name: str, stacklevel: int = 3) -> float | None:
     if math.isfinite(v):
         return v
     why = _UNDEFINED_WHY.get(name, "no samples, or non-finite scores")
-    warnings.warn(f"{name} undefined: {why}; reported as null", stacklevel=stacklevel)
+    _undefined(f"{name} undefined: {why}; reported as null", stacklevel=stacklevel)
     return None
 
 
@@ -446,7 +470,7 @@ def youden_threshold(y_true, scores) -> float | None:
     n_pos = int(true.sum())
     n_neg = len(true) - n_pos
     if not n_pos or not n_neg:
-        warnings.warn("Youden threshold undefined: only one class present; reported as null", stacklevel=2)
+        _undefined("Youden threshold undefined: only one class present; reported as null", stacklevel=2)
         return None
     u = np.unique(p1)  # cut i (0..len(u)) calls the scores >= u[i] positive (none for i = len(u))
     tp = n_pos - np.searchsorted(np.sort(p1[true]), u, side="left")
@@ -650,9 +674,9 @@ def _bootstrap_cis(y_true, scores, task, replicates, seed, level, threshold, met
         out[f"{name}_ci"], valid = _percentiles(values, level)
         if len(valid) < len(values):
             label = "AUC" if name == "auc" else name
-            warnings.warn(f"{label} undefined in {len(values) - len(valid)} of {len(values)} resamples (e.g. a "
-                          f"class drawn zero times); {'its CI uses the rest' if len(valid) else 'no CI'}",
-                          stacklevel=stacklevel)
+            _undefined(f"{label} undefined in {len(values) - len(valid)} of {len(values)} resamples (e.g. a "
+                       f"class drawn zero times); {'its CI uses the rest' if len(valid) else 'no CI'}",
+                       stacklevel=stacklevel)
     return out
 
 
@@ -689,7 +713,7 @@ def delong_test(y_true, score_a, score_b) -> dict:
     m, n = int(y.sum()), int((~y).sum())
     keys = ("auc_a", "auc_b", "diff", "se", "z", "p_value")
     if not m or not n:
-        warnings.warn("DeLong test undefined: only one class present; reported as null", stacklevel=2)
+        _undefined("DeLong test undefined: only one class present; reported as null", stacklevel=2)
         return dict.fromkeys(keys)
     x_scores, y_scores = np.stack([a[y], b[y]]), np.stack([a[~y], b[~y]])
     t_all = rankdata(np.concatenate([x_scores, y_scores], axis=1), axis=1)
@@ -698,8 +722,8 @@ def delong_test(y_true, score_a, score_b) -> dict:
     aucs = (t_all[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
     out = {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": float(aucs[0] - aucs[1])}
     if m < 2 or n < 2:
-        warnings.warn("DeLong variance undefined with fewer than two positives or negatives; se, z and p are "
-                      "null", stacklevel=2)
+        _undefined("DeLong variance undefined with fewer than two positives or negatives; se, z and p are null",
+                   stacklevel=2)
         return {**out, "se": None, "z": None, "p_value": None}
     var = np.var(v10[0] - v10[1], ddof=1) / m + np.var(v01[0] - v01[1], ddof=1) / n
     se = math.sqrt(max(float(var), 0.0))
@@ -708,7 +732,7 @@ def delong_test(y_true, score_a, score_b) -> dict:
         return {**out, "se": se, "z": z, "p_value": min(1.0, float(2 * norm.sf(abs(z))))}
     if out["diff"] == 0:
         return {**out, "se": 0.0, "z": 0.0, "p_value": 1.0}
-    warnings.warn("DeLong standard error is 0 with a nonzero AUC difference; z is null and p 0", stacklevel=2)
+    _undefined("DeLong standard error is 0 with a nonzero AUC difference; z is null and p 0", stacklevel=2)
     return {**out, "se": 0.0, "z": None, "p_value": 0.0}
 
 

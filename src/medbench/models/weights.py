@@ -19,9 +19,13 @@ from medbench.models.registry import ModelEntry
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or a pickle-free ``torch.load(weights_only=True)``."""
+    import pickle
+
     path = Path(path)
+    if path.is_dir():
+        raise MedbenchError(f"weights file {path} is a folder; give the .safetensors or .pth file itself")
     if not path.is_file():
-        raise MedbenchError(f"weights file {path} not found")
+        raise MedbenchError(f"weights file {path} not found; check the path")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -29,9 +33,15 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's text would advise weights_only=False: running the file's code
+        raise MedbenchError(f"{path}: refused: it holds code or objects that are not plain tensors, and loading "
+                            f"it could run that code; convert it in a trusted environment (load it there and "
+                            f"save the state dict with safetensors.torch.save_file) and pass the .safetensors "
+                            f"file") from None
     except Exception as e:  # noqa: BLE001 - safetensors, zipfile and unpickler errors all mean "not usable"
-        raise MedbenchError(f"{path}: cannot read weights ({type(e).__name__}: {e}); "
-                            "use a .safetensors file or a .pth holding only tensors") from None
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise MedbenchError(f"{path}: cannot read weights ({why}); use a .safetensors file or a .pth holding only "
+                            f"tensors") from None
     for key in ("state_dict", "model", "model_state_dict"):  # training checkpoints wrap the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -168,18 +178,29 @@ def load_pretrained(model: nn.Module, entry: ModelEntry, *, in_chans: int, weigh
     fresh = [k for k in state if k.startswith(f"{classifier}.") and k in target and state[k].shape != target[k].shape]
     for k in fresh:
         del state[k]
-    bad = [k for k in state if k in target and state[k].shape != target[k].shape]
-    if bad:
-        raise MedbenchError(f"{source}: tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, model "
-                            f"'{entry.name}' expects {tuple(target[bad[0]].shape)}")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in fresh]
+    check_fits(state, target, source, entry.name, ignore=fresh)
+    model.load_state_dict(state, strict=False)
     if fresh:
         head = model.get_submodule(classifier)
         nn.init.normal_(head.weight, std=0.01)
         if getattr(head, "bias", None) is not None:
             nn.init.zeros_(head.bias)
-    if missing or unexpected:
-        raise MedbenchError(f"{source}: weights do not fit model '{entry.name}' (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
     return source
+
+
+def check_fits(state: dict, target: dict, source: str, model_name: str, ignore=()) -> None:
+    """Refuse, in one line, a state dict whose names or shapes differ from the model's ``target`` state dict:
+    how many tensors are missing, unexpected and of another shape, with one example of each."""
+    missing = [k for k in target if k not in state and k not in ignore]
+    unexpected = [k for k in state if k not in target]
+    shapes = [k for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    examples = [f"missing {missing[0]}"] if missing else []
+    examples += [f"unexpected {unexpected[0]}"] if unexpected else []
+    examples += [f"{shapes[0]} is {tuple(state[shapes[0]].shape)} where the model has "
+                 f"{tuple(target[shapes[0]].shape)}"] if shapes else []
+    raise MedbenchError(f"{source}: weights of another architecture: {len(missing)} missing, {len(unexpected)} "
+                        f"unexpected, {len(shapes)} shape mismatches for model '{model_name}', e.g. "
+                        f"{'; '.join(examples)}; pass weights saved from a '{model_name}' with the same channels "
+                        f"(--as-rgb) and options, or choose the --model they were trained as")
