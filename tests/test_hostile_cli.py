@@ -178,6 +178,13 @@ ROWS = {
                                      ["dataset.json: not valid JSON", "rebuilds it from the run's dataset"]),
     "export-out-is-a-folder": (lambda e: ["export", e.run, "--format", "torchscript", "--out", e.tmp / "folder"],
                                ["folder: Is a directory", "check the path"]),
+    "serve-port-too-large": (lambda e: ["serve", e.run, "--port", "70000"], ["--port: must be from 0 to 65535"]),
+    "serve-port-negative": (lambda e: ["serve", e.run, "--port", "-1"], ["--port: must be from 0 to 65535"]),
+    "serve-no-slots": (lambda e: ["serve", e.run, "--max-concurrent", "0"], ["--max-concurrent: must be from 1"]),
+    "serve-queue-timeout-nan": (lambda e: ["serve", e.run, "--queue-timeout", "nan"],
+                                ["--queue-timeout: must be a finite number"]),
+    "serve-metrics-not-json": (lambda e: ["serve", e.damaged("metrics.json", "{")],
+                               ["metrics.json: not valid JSON", NOT_JSON]),
     # study, augment-preview, gan
     "study-workers-0": (lambda e: ["study", e.tmp / "study.yaml", "--out", e.tmp / "s", "--workers", "0"],
                         ["--workers: must be from 1 to 256"]),

@@ -26,9 +26,10 @@ from medbench.engine import (Precision, WeightEMA, build_optimizer, build_schedu
                              seed_everything, steps_per_epoch, train_one_epoch)
 from medbench import distributed
 from medbench.errors import MedbenchError
-from medbench.fileio import atomic_path, write_csv, write_json, write_text
+from medbench.fileio import atomic_path, read_json, write_csv, write_json, write_text
 from medbench.metrics import acc, auc, bootstrap_metrics, compute_metrics, youden_threshold
 from medbench.models import create_model
+from medbench.models.weights import check_fits
 from medbench.card import write_model_card
 from medbench.predict import write_data_spec
 from medbench.progress import console, progress_bar
@@ -286,7 +287,8 @@ def _restore(tensors: dict, state: dict, model, opt, sched, precision, gen: torc
 def kept_checkpoints(run_dir: Path, k: int) -> list[Path]:
     """The files of the ``k`` best kept checkpoints, best first; a clear error when fewer were kept."""
     index = Path(run_dir) / CHECKPOINTS / CHECKPOINT_INDEX
-    entries = json.loads(index.read_text()) if index.is_file() else []
+    entries = read_json(index, CHECKPOINT_INDEX, "restore it from a backup, or evaluate without --ensemble",
+                        kind=list) if index.is_file() else []
     if len(entries) < k:
         raise MedbenchError(f"{run_dir} kept {len(entries)} checkpoint(s) but --ensemble {k} needs {k}: retrain with "
                             f"--keep-checkpoints {k}")
@@ -594,7 +596,7 @@ def _final_figures(out: Path, ds: ImageDataset, task: Task) -> None:
 
     scores = read_predictions(out / "predictions" / "test.csv")
     labels = ds["test"].labels.numpy()
-    metrics = json.loads((out / METRICS).read_text())["test"]
+    metrics = read_json(out / METRICS, METRICS, f"run `medbench evaluate {out}` to recompute it")["test"]
     tb = _tensorboard(out / "tb", enabled=True)
     try:
         tb.add_figure("test/roc", roc_figure(labels, scores, task.name, ds.class_names))
@@ -616,10 +618,8 @@ def load_run_model(run_dir: str | Path, cfg: RunConfig, ds: ImageDataset, task: 
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise MedbenchError(f"{path}: cannot read weights ({e}); the file is damaged, retrain the run") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise MedbenchError(f"{path}: weights do not fit model '{cfg.model}' (missing {missing[:3]}, "
-                            f"unexpected {unexpected[:3]})")
+    check_fits(state, model.state_dict(), str(path), cfg.model)
+    model.load_state_dict(state)
     return _place(model, cfg, device)
 
 
@@ -731,7 +731,8 @@ def _evaluate(run_dir: Path, splits: Iterable[str] | None = None, *, data_dir=No
     setting = {"ensemble": max(len(members), 1), "tta": tta, "bootstrap": bootstrap,
                **({"members": [str(p.relative_to(run_dir)) for p in members]} if len(members) > 1 else {})}
     path = run_dir / METRICS
-    old = json.loads(path.read_text()) if path.is_file() else {}
+    old = read_json(path, METRICS, f"delete it and run `medbench evaluate {run_dir}` to recompute it") \
+        if path.is_file() else {}
     metrics = {s: old[s] for s in SPLITS if s in old}
     decide = threshold if cfg.decision == "youden" and threshold is not None else 0.5
     for s in splits:
@@ -775,4 +776,5 @@ def _recorded_md5(run_dir: Path) -> str | None:
     import yaml
 
     data = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8")) or {}
-    return (data.get(PROVENANCE_KEY) or {}).get("data_md5")
+    provenance = data.get(PROVENANCE_KEY) if isinstance(data, dict) else None
+    return provenance.get("data_md5") if isinstance(provenance, dict) else None
