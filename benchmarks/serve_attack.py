@@ -34,14 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MEDBENCH_TEST_DATA", ROOT.parent / "shared" / "data"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serve_load import DATA, ROOT, free_port  # the sibling benchmark script
 
 
 def default_run(tmp: Path) -> Path:

@@ -63,6 +63,20 @@ def make_npz(path: Path, *, n=(60, 20, 30), size=28, channels=1, num_classes=4, 
 
 
 @pytest.fixture(scope="session")
+def breast_run(tmp_path_factory, medmnist_dir, cache_dir) -> Path:
+    """A finished run (cnn5, one epoch on BreastMNIST) that no failing command may touch: the bad-input
+    catalogues check it stays byte-identical."""
+    from medbench.run import train
+
+    out = tmp_path_factory.mktemp("earlier") / "breast-cnn5"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDBENCH_DATA", str(medmnist_dir))
+        mp.setenv("MEDBENCH_CACHE", str(cache_dir))
+        train({"dataset": "breastmnist", "model": "cnn5", "epochs": 1, "seed": 0}, out, quiet=True, report=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def chest_run(tmp_path_factory, shared_data, medmnist_dir, cache_dir) -> Path:
     """A 2-class cnn5 run (2 epochs, 28 px) on the real chest X-ray folder: the model that predict, serve and
     export tests use."""

@@ -41,19 +41,6 @@ def _digest(*roots: Path) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def breast_run(tmp_path_factory, medmnist_dir, cache_dir) -> Path:
-    """An earlier, finished run (cnn5, one epoch on BreastMNIST) whose files no failing command may touch."""
-    from medbench.run import train
-
-    out = tmp_path_factory.mktemp("earlier") / "breast-cnn5"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDBENCH_DATA", str(medmnist_dir))
-        mp.setenv("MEDBENCH_CACHE", str(cache_dir))
-        train({"dataset": "breastmnist", "model": "cnn5", "epochs": 1, "seed": 0}, out, quiet=True, report=False)
-    return out
-
-
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass

@@ -23,19 +23,6 @@ def _digest(root: Path) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-@pytest.fixture(scope="module")
-def breast_run(tmp_path_factory, medmnist_dir, cache_dir) -> Path:
-    """A finished run (cnn5, one epoch on BreastMNIST) that no failing command may touch."""
-    from medbench.run import train
-
-    out = tmp_path_factory.mktemp("earlier") / "breast-cnn5"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDBENCH_DATA", str(medmnist_dir))
-        mp.setenv("MEDBENCH_CACHE", str(cache_dir))
-        train({"dataset": "breastmnist", "model": "cnn5", "epochs": 1, "seed": 0}, out, quiet=True, report=False)
-    return out
-
-
 class _Evil:
     def __reduce__(self):  # unpickling would call print: torch's weights_only loader must refuse it
         return (print, ("pwned",))

@@ -363,3 +363,27 @@ def test_train_refuses_a_folder_link_that_points_outside(tmp_path, capsys):
     assert lines[0] == (f"medbench: error: {root}: 1 image(s) are links that point outside the folder: "
                         f"train/A/linked.png; copy those images into the folder or remove the links")
     assert not (tmp_path / "run").exists()
+
+
+def test_deflated_dicom_bomb_is_refused_before_pydicom_inflates_it(tmp_path, chest_run, capsys):
+    """pydicom inflates a deflated DICOM whole before it reads the image size: 1 GB of zeros in 1 MB on disk
+    is refused while being inflated in steps (train, predict and serve read DICOM through the same function)."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    small = tmp_path / "small.dcm"
+    write_dicom(small, np.zeros((4, 4), np.uint8))
+    ds = pydicom.dcmread(small)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(small, enforce_file_format=True)
+    head = small.read_bytes()
+    start = 132 + 12 + struct.unpack("<I", head[140:144])[0]  # after the file meta group
+    deflater, block = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS), b"\0" * 2 ** 20
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(head[:start] + b"".join(deflater.compress(block) for _ in range(1024)) + deflater.flush())
+    assert bomb.stat().st_size < 2 * 2 ** 20
+    with pytest.raises(MedbenchError, match=r"bomb.dcm: the deflated DICOM inflates to more than \d+ bytes"):
+        decode_fitted(bomb, 28)
+    assert main(["predict", str(chest_run), str(bomb), "--out", str(tmp_path / "p.csv")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "inflates to more than" in line and str(bomb) in line

@@ -326,8 +326,10 @@ def _decode(predictor, tmp: str, max_pixels: int):
     """The uploaded file -> uint8 [C, S, S]; errors name 'the uploaded file', never the temporary path."""
     from fastapi import HTTPException
 
+    from medbench.data.dicom import check_inflated_size
+
     try:
-        _check_deflated_dicom(tmp, 4 * max_pixels + 2 ** 20)
+        check_inflated_size(tmp, 4 * max_pixels + 2 ** 20)
         _check_pixels(_declared_size(tmp), max_pixels)
         return predictor.load_image(tmp)
     except HTTPException:
@@ -342,38 +344,6 @@ def _decode(predictor, tmp: str, max_pixels: int):
     except Exception as e:  # a decoder's own bug on odd input is still the input's problem, not a 500
         log.error("decoding an upload failed with %s: %s", type(e).__name__, e)
         raise HTTPException(400, f"the uploaded file: cannot decode ({type(e).__name__})") from None
-
-
-def _check_deflated_dicom(path: str, cap: int) -> None:
-    """413 for a deflated DICOM that inflates past ``cap`` bytes. pydicom inflates such a file whole before it
-    reads even the image size (10 MB of zeros inflates to 10 GB), so it is inflated here first, in steps."""
-    import zlib
-
-    from fastapi import HTTPException
-
-    from medbench.data.decode import is_dicom
-
-    if not is_dicom(path):
-        return
-    import pydicom
-
-    try:
-        meta = pydicom.filereader.read_file_meta_info(path)
-        if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
-            return
-        start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0))  # preamble, DICM, group length
-        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
-        with open(path, "rb") as f:
-            f.seek(start)
-            while (block := f.read(2 ** 16)) and total <= cap and not inflater.eof:
-                while block and total <= cap and not inflater.eof:  # 1 MiB of output at a time
-                    total += len(inflater.decompress(block, 2 ** 20))
-                    block = inflater.unconsumed_tail
-    except Exception:  # not a readable deflated DICOM: decoding will say what is wrong with it
-        return
-    if total > cap:
-        raise HTTPException(413, f"the deflated DICOM inflates to more than {cap} bytes, over the limit that "
-                                 f"--max-pixels allows; send a smaller image")
 
 
 def _declared_size(path: str) -> tuple[int, int] | None:

@@ -71,11 +71,41 @@ def _header(path, ds) -> ImageHeader:
     return ImageHeader(cols, rows, max(1, _count(path, ds, "NumberOfFrames", 1)))
 
 
+def check_inflated_size(path: str | os.PathLike, cap: int) -> None:
+    """Refuse a deflated DICOM that inflates past ``cap`` bytes. pydicom inflates such a file whole before it
+    reads even its size (10 MB of zeros inflate to 10 GB), so it is inflated here first, in 1 MiB steps, and
+    the output dropped. Files of other transfer syntaxes, or unreadable ones, pass (decoding judges them)."""
+    import zlib
+
+    import pydicom
+
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        if meta.get("TransferSyntaxUID") != pydicom.uid.DeflatedExplicitVRLittleEndian:
+            return
+        start = 132 + 12 + int(meta.get("FileMetaInformationGroupLength", 0))  # preamble, DICM, group length
+        inflater, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        with open(path, "rb") as f:
+            f.seek(start)
+            while (block := f.read(2 ** 16)) and total <= cap and not inflater.eof:
+                while block and total <= cap and not inflater.eof:
+                    total += len(inflater.decompress(block, 2 ** 20))
+                    block = inflater.unconsumed_tail
+    except Exception:  # noqa: BLE001 - not a readable deflated DICOM: decoding says what is wrong with it
+        return
+    if total > cap:
+        raise MedbenchError(f"{path}: the deflated DICOM inflates to more than {cap} bytes, which exceeds the limit "
+                            f"the pixel limit sets (a decompression bomb or a damaged file); use a smaller image")
+
+
 def _dcmread(path: Path, **kwargs):
+    from medbench.data.decode import MAX_PIXELS
+
     try:
         import pydicom
     except ImportError as e:
         raise MedbenchError(f"{path}: reading DICOM needs pydicom; install it with `pip install pydicom`") from e
+    check_inflated_size(path, 4 * MAX_PIXELS + 2 ** 20)  # 16-bit RGB at the pixel limit, and its header
     try:
         return pydicom.dcmread(path, **kwargs)
     except FileNotFoundError:
