@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -470,7 +469,9 @@ def _cmd_train(args) -> None:
             raise MedbenchError("medbench train needs --out RUN_DIR (or --resume RUN_DIR)")
         cfg = resolve_config(_train_settings(args), where="train")
         out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet, report=not args.no_report)
-    if int(os.environ.get("RANK", "0")) != 0:
+    from medbench.distributed import is_main_process
+
+    if not is_main_process():
         return  # one summary line per run, from rank 0
     test = json.loads((out / METRICS).read_text())["test"]
     auc = "n/a" if test["auc"] is None else f"{test['auc']:.4f}"
@@ -492,7 +493,9 @@ def _cmd_evaluate(args) -> None:
     check_run_dir(args.run_dir)
     metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet, ensemble=args.ensemble,
                        tta=args.tta, bootstrap=args.bootstrap, seed=args.seed)
-    if int(os.environ.get("RANK", "0")) != 0:
+    from medbench.distributed import is_main_process
+
+    if not is_main_process():
         return
     if args.json:
         print(json.dumps(metrics, indent=2))

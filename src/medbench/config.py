@@ -86,7 +86,7 @@ class RunConfig(BaseModel):
     batch_size: int = Field(32, ge=2, le=65_536)
     eval_batch_size: int = Field(256, ge=1, le=65_536)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10)
+    lr: float = Field(1e-3, gt=0)  # no upper bound: a diverging lr stops at its first non-finite loss
     weight_decay: float = Field(0.0, ge=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "cosine"

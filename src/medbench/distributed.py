@@ -56,6 +56,11 @@ class Dist:
         return t
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` job (or a plain process), known before :func:`setup` joins the group."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, NCCL on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -335,12 +335,12 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         if is_baseline(cfg.model):
             raise MedbenchError(f"{cfg.model} is a classical model fitted in one step: nothing to resume, retrain")
     else:
-        claim_new(out, "run", CONFIG)
+        claim_new(out, "run", CONFIG, resumable=True)
     dist, device = distributed.setup(resolve_device(cfg.device))
     dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
     with locked(out, "medbench train") if dist.is_main else contextlib.nullcontext():
         if not resume and dist.is_main:
-            claim_new(out, "run", CONFIG)  # again under the lock: another writer may have finished meanwhile
+            claim_new(out, "run", CONFIG, resumable=True)  # again under the lock: another writer may have finished meanwhile
         return _train(cfg, out, dist, device, data_dir=data_dir, quiet=quiet or not dist.is_main, dataset=dataset,
                       on_epoch=on_epoch, report=report, resume=resume)
 
@@ -647,10 +647,10 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
     if not (run_dir / CONFIG).is_file():
         raise MedbenchError(f"{run_dir} is not a run directory ({CONFIG} missing)")
     stopped = unfinished(run_dir)
-    with locked(run_dir, "medbench evaluate"):
+    with locked(run_dir, "medbench evaluate") if distributed.is_main_process() else contextlib.nullcontext():
         metrics = _evaluate(run_dir, splits, data_dir=data_dir, quiet=quiet, dataset=dataset, ensemble=ensemble,
                             tta=tta, bootstrap=bootstrap, seed=seed, estimator=estimator, unfinished_note=stopped)
-    if stopped:
+    if stopped and distributed.is_main_process():
         warnings.warn(f"{run_dir} is an unfinished run ({stopped}): these are the metrics of its best epoch so far, "
                       f"recorded as 'unfinished' in {METRICS}; finish it with medbench train --resume {run_dir}",
                       stacklevel=2)

@@ -22,13 +22,15 @@ LOCK = ".medbench.lock"
 _held: dict[Path, int] = {}  # folder -> depth: train holds the lock while its own evaluate runs
 
 
-def claim_new(out: str | os.PathLike, what: str, marker: str, flag: str = "--out") -> Path:
+def claim_new(out: str | os.PathLike, what: str, marker: str, flag: str = "--out", resumable: bool = False) -> Path:
     """Check that ``out`` may receive a new ``what`` (e.g. "run"): absent, or an empty writable folder.
-    ``marker`` is the file that says the folder already holds one (refused with the way to continue)."""
+    ``marker`` is the file that says the folder already holds one (refused; ``resumable``: with the way to
+    continue it)."""
     out = Path(out)
     if (out / marker).exists():
-        raise MedbenchError(f"{out} already holds a {what} ({marker} exists); choose another {flag}, delete it, or "
-                            f"continue a killed {what} with --resume")
+        more = f", or continue a killed {what} with --resume {out}" if resumable else ""
+        raise MedbenchError(f"{out} already holds a {what} ({marker} exists); choose another {flag} or delete "
+                            f"it{more}")
     return claim(out, what, flag=flag)
 
 
