@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve_load import DATA, ROOT, free_port  # the sibling benchmark script
+from serve_load import DATA, ROOT, free_port, wait_until_up  # the sibling benchmark script
 
 
 def default_run(tmp: Path) -> Path:
@@ -267,15 +267,7 @@ def main() -> None:
                                    "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                try:
-                    if httpx.get(f"{url}/model", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            else:
-                raise SystemExit("server did not start")
+            wait_until_up(url, server)
             before = baseline(url, normal, 50)
             rss_before = rss(server.pid)[1]
             monitor = Monitor(server.pid, server_tmp)

@@ -35,6 +35,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
+    """Poll ``GET /model`` until the server answers; its stderr (when piped) in the error otherwise."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and server.poll() is None:
+        try:
+            if httpx.get(f"{url}/model", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    said = server.stderr.read().decode()[-2000:] if server.stderr and server.poll() is not None else ""
+    raise SystemExit(f"server did not start: {said}")
+
+
 def default_run(tmp: Path) -> Path:
     from medbench.run import train
 
@@ -95,15 +108,7 @@ def main() -> None:
                                    "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                try:
-                    if httpx.get(f"{url}/model", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.2)
-            else:
-                raise SystemExit(f"server did not start: {server.stderr.read().decode()[-2000:]}")
+            wait_until_up(url, server)
             load(url, payloads, 20, 1, args.cam)  # warm-up
             rows = [load(url, payloads, args.requests, c, args.cam) for c in args.concurrency]
         finally:
