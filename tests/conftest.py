@@ -4,7 +4,10 @@ A missing data folder is an error, not a skip: CI must never pass by testing not
 """
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,6 +42,32 @@ def _data_env(monkeypatch, medmnist_dir, cache_dir):
     monkeypatch.setenv("MEDBENCH_DATA", str(medmnist_dir))
     monkeypatch.setenv("MEDBENCH_CACHE", str(cache_dir))
     monkeypatch.setenv("MEDBENCH_MIRROR", "http://127.0.0.1:9/")  # discard port: a download fails at once
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    """Start a real HTTP server on 127.0.0.1 serving a folder (or answering with a handler class) and point
+    MEDBENCH_MIRROR at it; returns ``start(folder=None, handler=None) -> base URL``. Stopped after the test."""
+    started = []
+
+    def start(folder=None, handler=None) -> str:
+        handler = handler or functools.partial(_QuietFiles, directory=str(folder))
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        started.append(srv)
+        base = f"http://127.0.0.1:{srv.server_address[1]}/"
+        monkeypatch.setenv("MEDBENCH_MIRROR", base)
+        return base
+
+    yield start
+    for srv in started:
+        srv.shutdown()
+        srv.server_close()
 
 
 def make_npz(path: Path, *, n=(60, 20, 30), size=28, channels=1, num_classes=4, multilabel=False, seed=0):

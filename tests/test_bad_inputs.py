@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +38,6 @@ def _digest(*roots: Path) -> dict[str, str]:
         for p in files:
             out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 class _ShortBody(http.server.BaseHTTPRequestHandler):
@@ -70,24 +64,13 @@ class Row:
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, breast_run, medmnist_dir):
+def env(tmp_path, breast_run, medmnist_dir, mirror):
     """What the rows build on: a scratch folder, the earlier run, the real data, a local HTTP mirror."""
-    servers = []
+    start_mirror = mirror
 
     class Env:
         tmp, run, data = tmp_path, breast_run, medmnist_dir
-
-        @staticmethod
-        def mirror(folder: Path | None = None, handler=None) -> str:
-            import functools
-
-            handler = handler or functools.partial(_Quiet, directory=str(folder))
-            srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
-            servers.append(srv)
-            base = f"http://127.0.0.1:{srv.server_address[1]}/"
-            monkeypatch.setenv("MEDBENCH_MIRROR", base)
-            return base
+        mirror = staticmethod(start_mirror)  # (folder=None, handler=None) -> base URL
 
         @staticmethod
         def npz(**change) -> Path:
@@ -118,10 +101,7 @@ def env(tmp_path, monkeypatch, breast_run, medmnist_dir):
                             root / split / cls / f"{cls}-{i}.png")
             return root
 
-    yield Env
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+    return Env
 
 
 def _train(env, *args: str) -> list[str]:

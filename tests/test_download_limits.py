@@ -12,7 +12,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -107,23 +106,12 @@ class _Silent(_Hostile):
 
 
 @pytest.fixture
-def mirror(monkeypatch):
-    """Start a hostile server; MEDBENCH_MIRROR points at it. Returns its base URL."""
-    started = []
-
+def hostile(mirror):
+    """Start a hostile handler (counters reset) as the mirror; returns its base URL."""
     def start(handler) -> str:
         handler.sent, handler.seconds = 0, None
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        started.append(srv)
-        base = f"http://127.0.0.1:{srv.server_address[1]}/"
-        monkeypatch.setenv("MEDBENCH_MIRROR", base)
-        return base
-
-    yield start
-    for srv in started:
-        srv.shutdown()
-        srv.server_close()
+        return mirror(handler=handler)
+    return start
 
 
 def _files(root: Path) -> list[str]:
@@ -135,8 +123,8 @@ def _files(root: Path) -> list[str]:
     (_Drip, "did not finish within 2 s", 4),
     (_Huge, f"declares {10 ** 12} bytes (Content-Length), more than the {CAP}", 2),
 ], ids=["endless-body", "slow-drip", "huge-content-length"])
-def test_hostile_mirror_stops_with_one_line(mirror, monkeypatch, tmp_path, capsys, handler, fragment, most_s):
-    base = mirror(handler)
+def test_hostile_mirror_stops_with_one_line(hostile, monkeypatch, tmp_path, capsys, handler, fragment, most_s):
+    base = hostile(handler)
     monkeypatch.setattr(medmnist, "DEADLINE_S", 2.0)  # the default for this size is 2 minutes
     data, out = tmp_path / "data", tmp_path / "run"
     capsys.readouterr()
@@ -157,8 +145,8 @@ def test_hostile_mirror_stops_with_one_line(mirror, monkeypatch, tmp_path, capsy
     assert handler.seconds < most_s and took < 60
 
 
-def test_endless_body_writes_no_more_than_the_cap(mirror, tmp_path):
-    mirror(_Endless)
+def test_endless_body_writes_no_more_than_the_cap(hostile, tmp_path):
+    hostile(_Endless)
     root = tmp_path / "data"
     start = time.monotonic()
     with pytest.raises(MedbenchError, match=f"sent more than {CAP} bytes"):
@@ -168,8 +156,8 @@ def test_endless_body_writes_no_more_than_the_cap(mirror, tmp_path):
     assert _Endless.sent < 1024 * 65536  # the client hung up long before the server's own 64 MB bound
 
 
-def test_silent_mirror_is_a_stall_not_a_hang(mirror, tmp_path):
-    mirror(_Silent)
+def test_silent_mirror_is_a_stall_not_a_hang(hostile, tmp_path):
+    hostile(_Silent)
     start = time.monotonic()
     with pytest.raises(MedbenchError, match="stalled: no data for 1 s after 0 bytes"):
         download("breastmnist", 28, data_dir=tmp_path, progress=False, timeout=1)
@@ -192,8 +180,8 @@ download("breastmnist", 28, data_dir=sys.argv[1], progress=False, deadline=60)
 """
 
 
-def test_sigterm_mid_download_leaves_no_part_file(mirror, tmp_path):
-    base = mirror(_Drip)
+def test_sigterm_mid_download_leaves_no_part_file(hostile, tmp_path):
+    base = hostile(_Drip)
     root = tmp_path / "data"
     env = {**os.environ, "MEDBENCH_MIRROR": base, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _DOWNLOAD, str(root)], env=env, stderr=subprocess.PIPE)

@@ -1,9 +1,7 @@
 """MedMNIST data layer: catalogue, data root, npz validation, and downloads from a real local HTTP server."""
-import functools
 import hashlib
 import http.server
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -84,40 +82,15 @@ class _ShortBody(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(monkeypatch, tmp_path):
-    """Start a server for a folder (or with a handler class); MEDBENCH_MIRROR points at it."""
-    started = []
-
-    def start(folder=None, handler=None):
-        handler = handler or functools.partial(_Quiet, directory=str(folder))
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        started.append(srv)
-        base = f"http://127.0.0.1:{srv.server_address[1]}/"
-        monkeypatch.setenv("MEDBENCH_MIRROR", base)
-        return base
-
-    yield start
-    for srv in started:
-        srv.shutdown()
-        srv.server_close()
-
-
 def _leftovers(root):
     return sorted(p.name for p in root.iterdir()) if root.exists() else []
 
 
-def test_download_verifies_and_renames_atomically(server, tmp_path, medmnist_dir):
+def test_download_verifies_and_renames_atomically(mirror, tmp_path, medmnist_dir):
     served = tmp_path / "served"
     served.mkdir()
     shutil.copy(medmnist_dir / "breastmnist.npz", served)
-    server(served)
+    mirror(served)
     root = tmp_path / "root"
     path = download("breastmnist", 28, data_dir=root, progress=False)
     assert path == root / "breastmnist.npz" and _leftovers(root) == ["breastmnist.npz"]
@@ -132,7 +105,7 @@ def test_download_verifies_and_renames_atomically(server, tmp_path, medmnist_dir
     ("flip", "is corrupted: md5"),
     ("missing", "failed (HTTP 404"),
 ])
-def test_bad_downloads_are_reported_and_leave_nothing(server, tmp_path, medmnist_dir, damage, fragment):
+def test_bad_downloads_are_reported_and_leave_nothing(mirror, tmp_path, medmnist_dir, damage, fragment):
     served = tmp_path / "served"
     served.mkdir()
     data = bytearray((medmnist_dir / "breastmnist.npz").read_bytes())
@@ -142,7 +115,7 @@ def test_bad_downloads_are_reported_and_leave_nothing(server, tmp_path, medmnist
         data[1000:1010] = bytes(b ^ 0xFF for b in data[1000:1010])
     if damage != "missing":
         (served / "breastmnist.npz").write_bytes(bytes(data))
-    base = server(served)
+    base = mirror(served)
     root = tmp_path / "root"
     with pytest.raises(MedbenchError) as err:
         download("breastmnist", 28, data_dir=root, progress=False)
@@ -152,8 +125,8 @@ def test_bad_downloads_are_reported_and_leave_nothing(server, tmp_path, medmnist
     assert _leftovers(root) == []
 
 
-def test_connection_broken_mid_body(server, tmp_path):
-    server(handler=_ShortBody)
+def test_connection_broken_mid_body(mirror, tmp_path):
+    mirror(handler=_ShortBody)
     root = tmp_path / "root"
     with pytest.raises(MedbenchError, match="breastmnist.npz (broke off after|is truncated)"):
         download("breastmnist", 28, data_dir=root, progress=False, timeout=10)
