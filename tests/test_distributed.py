@@ -24,12 +24,17 @@ def test_blocks_cover_every_sample_once():
 
 
 @pytest.mark.slow
-def test_ddp_trains_and_evaluation_is_identical_with_one_or_two_processes(tmp_path):
-    r = _torchrun(2, "train", "--dataset", "breastmnist", "--epochs", "1", "--out", "D", "--quiet", cwd=tmp_path)
+@pytest.mark.parametrize("budget", [None, "0"], ids=["memory", "store"])
+def test_ddp_trains_and_evaluation_is_identical_with_one_or_two_processes(tmp_path, budget):
+    """With the images in memory, and read from a store (each rank reads only its own rows)."""
+    extra = ["--memory-budget", budget] if budget else []
+    r = _torchrun(2, "train", "--dataset", "breastmnist", "--epochs", "1", "--out", "D", "--quiet", *extra,
+                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("results in D") == 1  # one summary, from rank 0
     run = tmp_path / "D"
     assert "world_size: 2" in (run / "config.yaml").read_text()
+    assert ("memory_budget: 0.0" in (run / "config.yaml").read_text()) == bool(budget)  # evaluate streams too
     trained = json.loads((run / "metrics.json").read_text())
     assert trained["test"]["n"] == 156 and len((run / "predictions" / "test.csv").read_text().splitlines()) == 156
     one = subprocess.run([sys.executable, "-m", "medbench", "evaluate", "D", "--json", "--quiet"], cwd=tmp_path,

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 
+import pytest
 from safetensors import safe_open
 
 from medbench.cli import main
+from medbench.data.memory import BUDGET_ENV
 from medbench.run import RESUME
 
 # with weight EMA: the averaged weights are part of the state a resumed run must continue from
@@ -42,9 +44,13 @@ def _history(path):
         return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in csv.DictReader(f)]
 
 
-def test_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, medmnist_dir):
-    """Acceptance: kill after epoch 2 of 4, resume, compare metrics.json (deterministic mode, same seed)."""
+@pytest.mark.parametrize("where", ["memory", pytest.param("store", marks=pytest.mark.slow)])
+def test_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, medmnist_dir, where):
+    """Acceptance: kill after epoch 2 of 4, resume, compare metrics.json (deterministic mode, same seed); with the
+    images in memory, and read from a store on disk (the batch order is part of the resume state)."""
     env = _env(medmnist_dir)
+    if where == "store":
+        env[BUDGET_ENV] = "0"
     full, killed = tmp_path / "full", tmp_path / "killed"
     r = _medbench(["train", *ARGS, "--out", str(full)], env)
     assert r.returncode == 0, r.stderr
@@ -107,3 +113,46 @@ def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):
     assert any(line.startswith("medbench: warning: Error detected in") for line in lines)  # the forward op
     err = lines[-1]
     assert "epoch 1: autograd anomaly: Function" in err and "returned nan values" in err
+
+
+def _partial(path) -> dict | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["medbench_resume"]).get("partial")
+    except Exception:
+        return None
+
+
+@pytest.mark.slow
+def test_a_run_killed_within_an_epoch_resumes_from_its_last_step(tmp_path, medmnist_dir):
+    """Large data: the resume state is also saved within epochs (here after every step), with the loader's
+    position; killed in the middle of epoch 2 and resumed, the run ends exactly as an uninterrupted one, reading
+    its images from a store on disk."""
+    env = {**_env(medmnist_dir), BUDGET_ENV: "0"}
+    args = [a for a in ARGS if a not in ("4",)]
+    args[args.index("--epochs") + 1:args.index("--epochs") + 1] = ["3"]
+    args += ["--batch-size", "32", "--checkpoint-minutes", "0.00001"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    r = _medbench(["train", *args, "--checkpoint-minutes", "0", "--out", str(full)], env)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "train", *args, "--out", str(killed)], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            p = _partial(killed / RESUME)
+            if p and p["epoch"] == 2 and p["step"] >= 5:
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
+    p = _partial(killed / RESUME)
+    assert p["epoch"] == 2 and 5 <= p["step"] < 17, p
+    r = _medbench(["train", "--resume", str(killed), "--quiet", "--no-report"], env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((full / "metrics.json").read_text()) == json.loads((killed / "metrics.json").read_text())
+    assert _history(full / "history.csv") == _history(killed / "history.csv")

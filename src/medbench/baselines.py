@@ -48,7 +48,12 @@ def make_estimator(model: str, seed: int, task: str):
 
 def features(images: torch.Tensor, kind: str) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` -> ``[N, D]`` float32: pixels in [0, 1], or HOG (9 orientations, 8x8 cells of
-    the image, 2x2-cell blocks)."""
+    the image, 2x2-cell blocks). Images read from disk are featurised a block at a time."""
+    if not torch.is_tensor(images):
+        from medbench.data.store import rows
+
+        step = max(1, (256 << 20) // max(1, int(np.prod(images.shape[1:]))))
+        return np.concatenate([features(rows(images, a, a + step), kind) for a in range(0, len(images), step)])
     x = images.cpu().numpy()
     if kind == "pixels":
         return x.reshape(len(x), -1).astype(np.float32) / 255.0

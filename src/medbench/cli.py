@@ -154,6 +154,12 @@ TRAIN_FLAGS = [
     ("--bootstrap", "bootstrap", dict(type=int, metavar="B", help="bootstrap resamples for 95 %% CIs (0 = none)")),
     ("--seed", "seed", dict(type=int)),
     ("--device", "device", dict(help="auto, cpu, cuda or cuda:N")),
+    ("--checkpoint-minutes", "checkpoint_minutes", dict(type=float, metavar="M",
+                                                        help="save the resume state every M minutes within an "
+                                                             "epoch too (default 10; 0 = at epoch ends only)")),
+    ("--memory-budget", "memory_budget", dict(type=float, metavar="GB",
+                                              help="RAM the decoded images may take whole; larger data is read in "
+                                                   "batches from disk (default: half the available RAM; 0 = disk)")),
     ("--precision", "precision", dict(choices=["auto", "fp32", "bf16", "fp16"])),
 ]
 

@@ -114,6 +114,13 @@ class RunConfig(BaseModel):
     detect_anomaly: bool = Field(False, description="debugging: autograd anomaly detection (slow); stops at the "
                                                     "first backward step that makes NaN/inf")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,4})?)$")
+    checkpoint_minutes: float = Field(10.0, ge=0, le=1e6, description="also save the resume state every this many "
+                                                                      "minutes within an epoch (one process; 0 = at "
+                                                                      "epoch ends only)")
+    memory_budget: float | None = Field(
+        None, ge=0, le=1e6, description="GB of RAM the decoded images may take whole; a larger dataset is read in "
+                                        "batches from a store on disk (same batches). None: half the available RAM "
+                                        "(or $MEDBENCH_MEMORY_BUDGET); 0: always from disk")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA (fp16 where bf16 is missing) and on CPUs with native bf16, "
                             "else fp32")

@@ -163,7 +163,8 @@ class WeightEMA:
 
 def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep: Preprocess,
                     precision: Precision, batch_size: int, generator: torch.Generator, bar=None,
-                    dist: Dist = Dist(), augment=None, mix=None, ema: WeightEMA | None = None) -> dict:
+                    dist: Dist = Dist(), augment=None, mix=None, ema: WeightEMA | None = None,
+                    partial: dict | None = None, checkpoint=None, checkpoint_s: float = 600.0) -> dict:
     """One pass over ``split``; returns the mean loss and the (augmented, train-mode) scores and labels.
 
     ``augment`` maps each uint8 batch to an augmented uint8 batch; ``mix`` (a :class:`medbench.augment.BatchMix`)
@@ -171,15 +172,28 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
 
     Under data parallelism each rank sees its share of every batch; loss and throughput cover all ranks,
     scores and labels are this rank's.
+
+    Mid-epoch state (large data: an epoch can take hours): every ``checkpoint_s`` seconds ``checkpoint(state)`` is
+    called with the steps done and the sums so far (:func:`epoch_state`); ``partial`` (such a state, with
+    ``generator`` back at the epoch's start) continues the epoch after its last step, without reading the batches
+    already trained on.
     """
     model.train()
     freeze_frozen_norms(model)
-    total = torch.zeros(2, device=split.images.device)  # loss sum, samples
-    first_bad = torch.full((), -1, dtype=torch.long, device=split.images.device)  # first non-finite loss step
+    device = model_device(model)
+    total = torch.zeros(2, device=device)  # loss sum, samples
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite loss step
     scores, labels = [], []
-    start = time.perf_counter()
-    for step, (x, y) in enumerate(iterate_batches(split, batch_size, shuffle=True, generator=generator,
-                                                  shard=(dist.rank, dist.world)), start=1):
+    done, before = 0, 0.0
+    if partial is not None:
+        done, before = partial["step"], partial["seconds"]
+        total += torch.tensor([partial["loss_sum"], partial["seen"]], device=device)
+        first_bad.fill_(partial["first_bad"])
+        scores, labels = [torch.as_tensor(partial["scores"])], [torch.as_tensor(partial["labels"])]
+    start = last_save = time.perf_counter()
+    batches = iterate_batches(split, batch_size, shuffle=True, generator=generator, device=device,
+                              shard=(dist.rank, dist.world), skip=done)
+    for step, (x, y) in enumerate(batches, start=done + 1):
         if augment is not None:
             x = augment(x)
         x = prep(x)
@@ -208,11 +222,22 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
         labels.append(y)
         if bar is not None:
             bar.advance(1)
+        if checkpoint is not None and time.perf_counter() - last_save >= checkpoint_s:
+            checkpoint(epoch_state(step, total, first_bad, scores, labels, before + time.perf_counter() - start))
+            last_save = time.perf_counter()
     loss_sum, seen = dist.all_sum(total).tolist()
-    seconds = time.perf_counter() - start
+    seconds = before + time.perf_counter() - start
     return {"loss": loss_sum / max(seen, 1), "scores": torch.cat(scores).cpu().double().numpy(),
             "labels": torch.cat(labels).cpu().numpy(), "seconds": seconds, "images_per_s": seen / seconds,
             "first_bad_step": int(first_bad)}
+
+
+def epoch_state(step: int, total: torch.Tensor, first_bad: torch.Tensor, scores: list, labels: list,
+                seconds: float) -> dict:
+    """What :func:`train_one_epoch` needs to continue after ``step``: sums, this rank's scores and labels so far."""
+    loss_sum, seen = total.tolist()
+    return {"step": step, "loss_sum": loss_sum, "seen": seen, "first_bad": int(first_bad), "seconds": seconds,
+            "scores": torch.cat(scores).detach().cpu(), "labels": torch.cat(labels).cpu()}
 
 
 @torch.inference_mode()
@@ -225,12 +250,20 @@ def predict_logits(model: nn.Module, split: Split, prep: Preprocess, batch_size:
     ``serve`` and the exported graph then give one answer for one run on every CPU (bf16 autocast moved
     probabilities by up to 6e-4, enough to flip a label at its threshold)."""
     model.eval()
-    mine = dist.block(len(split))
-    part = type(split)(split.images[mine], split.labels[mine])
+    device = model_device(model)
     out = []
-    for x, _ in iterate_batches(part, batch_size):
+    for x, _ in iterate_batches(split, batch_size, rows=dist.block(len(split)), device=device):
         out.append(model(prep(x.flip(-1) if flip else x)).float())
         if bar is not None:
             bar.advance(1)
-    logits = torch.cat(out) if out else torch.empty(0, device=split.images.device)
+    logits = torch.cat(out) if out else torch.empty(0, device=device)
     return dist.gather_rows(logits, len(split)).cpu()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model computes (its first parameter or buffer; the CPU for a model with neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

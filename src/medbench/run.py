@@ -21,6 +21,8 @@ from medbench.augment import BatchMix, build_augment
 from medbench.baselines import is_baseline
 from medbench.config import PROVENANCE_KEY, RunConfig, dump_config, load_config, resolve_config
 from medbench.data import OWN_DATA, SPLITS, ImageDataset, load_dataset
+from medbench.data.memory import fits_on_device
+from medbench.data.store import cat_images, on_disk
 from medbench.data.loader import Preprocess
 from medbench.engine import (Precision, WeightEMA, build_optimizer, build_scheduler, predict_logits, resolve_device,
                              seed_everything, steps_per_epoch, train_one_epoch)
@@ -113,7 +115,8 @@ def source_options(cfg: RunConfig) -> dict:
 
 def dataset_for(cfg: RunConfig, data_dir=None, quiet: bool = True) -> ImageDataset:
     """The run's dataset, loaded (MedMNIST) or decoded / read from the cache (own data)."""
-    return load_dataset(cfg.dataset, cfg.size, data_dir=data_dir, progress=not quiet, **source_options(cfg))
+    return load_dataset(cfg.dataset, cfg.size, data_dir=data_dir, progress=not quiet,
+                        memory_budget=cfg.memory_budget, **source_options(cfg))
 
 
 def _dataset(cfg: RunConfig, dataset: ImageDataset | None, data_dir, quiet: bool) -> ImageDataset:
@@ -121,7 +124,13 @@ def _dataset(cfg: RunConfig, dataset: ImageDataset | None, data_dir, quiet: bool
 
 
 def _on_device(ds: ImageDataset, device: torch.device) -> dict:
-    return {s: type(sp)(sp.images.to(device), sp.labels.to(device)) for s, sp in ds.splits.items()}
+    """Splits held in memory move to the device whole when they fit there (batches are then one index); splits read
+    from disk, or too large for the GPU, stay where they are and are copied a batch at a time."""
+    out = {}
+    for s, sp in ds.splits.items():
+        whole = not on_disk(sp.images) and fits_on_device(sp.images.nbytes, device)
+        out[s] = type(sp)(sp.images.to(device), sp.labels.to(device)) if whole else sp
+    return out
 
 
 def _epoch_metrics(task: Task, labels, scores: np.ndarray) -> dict:
@@ -184,10 +193,15 @@ class KeptCheckpoints:
 
 
 def _save_resume(out: Path, model, opt, sched, precision, gen: torch.Generator, device: torch.device,
-                 info: dict, ema: WeightEMA | None = None) -> None:
+                 info: dict, ema: WeightEMA | None = None, partial: dict | None = None,
+                 batches_state: torch.Tensor | None = None) -> None:
     """Everything needed to continue after epoch ``info["epoch"]`` exactly: weights, optimizer, scheduler,
     gradient scaler, every RNG, history and best-so-far. One safetensors file (tensors; the rest as JSON in its
-    metadata), written atomically: a crash leaves the previous epoch's file."""
+    metadata), written atomically: a crash leaves the previous file.
+
+    Within an epoch, ``partial`` (:func:`medbench.engine.epoch_state`, plus the ``epoch`` in progress) is the
+    loader's position and the epoch's sums so far, and ``batches_state`` the batch-order generator at the epoch's
+    start, from which the same order is drawn again."""
     import random
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -202,7 +216,11 @@ def _save_resume(out: Path, model, opt, sched, precision, gen: torch.Generator, 
             else:
                 plain.setdefault(str(pid), {})[name] = v
     tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.batches"] = gen.get_state()
+    tensors["rng.batches"] = gen.get_state() if batches_state is None else batches_state
+    if partial is not None:
+        tensors["partial.scores"] = partial["scores"].contiguous()
+        tensors["partial.labels"] = partial["labels"].contiguous()
+        info = {**info, "partial": {k: v for k, v in partial.items() if k not in ("scores", "labels")}}
     if device.type == "cuda":
         tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     np_state = np.random.get_state()
@@ -235,6 +253,10 @@ def _load_resume(out: Path, cfg: RunConfig) -> tuple[dict, dict]:
     missing = [k for k in ("epoch", "best", "best_epoch", "history", "kept", "train_seconds", "optimizer",
                            "scheduler", "rng_numpy", "rng_python") if k not in state]
     missing += [k for k in ("rng.torch", "rng.batches") if k not in tensors]
+    if state.get("partial"):
+        missing += [k for k in ("partial.scores", "partial.labels") if k not in tensors]
+        missing += [f"partial.{k}" for k in ("epoch", "step", "lr", "loss_sum", "seen", "first_bad", "seconds")
+                    if k not in state["partial"]]
     opt = state.get("optimizer") or {}
     saved = len({k.split(".")[1] for k in tensors if k.startswith("optim.")} | set(opt.get("state") or {}))
     if not missing and saved != opt.get("entries", saved):
@@ -367,8 +389,8 @@ def _train(cfg: RunConfig, out: Path, dist, device, *, data_dir, quiet: bool, da
         from medbench.gan import synthetic_split
 
         synth_split, synthetic = synthetic_split(cfg, ds, device)
-        splits["train"] = type(synth_split)(torch.cat([splits["train"].images, synth_split.images]),
-                                            torch.cat([splits["train"].labels, synth_split.labels]))
+        splits["train"] = type(synth_split)(cat_images(splits["train"].images, synth_split.images),
+                                            torch.cat([splits["train"].labels.to(device), synth_split.labels]))
     augment = build_augment(cfg.augment, no_flip=cfg.no_flip)
     mix = BatchMix(cfg.mixup, cfg.cutmix)
     train_split, val_split = splits["train"], splits["val"]
@@ -392,6 +414,7 @@ def _train(cfg: RunConfig, out: Path, dist, device, *, data_dir, quiet: bool, da
     best, best_epoch = -math.inf, 0
     train_seconds = 0.0
     start = 1
+    partial = None
     if resume:
         tensors, state = _load_resume(out, cfg)
         _restore(tensors, state, model, opt, sched, precision, gen, device)
@@ -400,9 +423,12 @@ def _train(cfg: RunConfig, out: Path, dist, device, *, data_dir, quiet: bool, da
             ema.updates = state["ema_updates"]
         history, best, best_epoch = state["history"], state["best"], state["best_epoch"]
         kept.entries, train_seconds, start = state["kept"], state["train_seconds"], state["epoch"] + 1
+        if state.get("partial"):  # killed within an epoch: continue after its last saved step
+            partial = {**state["partial"], "scores": tensors["partial.scores"], "labels": tensors["partial.labels"]}
         del tensors
         if not quiet:
-            console.print(f"resuming {out} after epoch {state['epoch']} of {cfg.epochs}")
+            within = f", step {partial['step']} of epoch {partial['epoch']}" if partial else ""
+            console.print(f"resuming {out} after epoch {state['epoch']}{within} of {cfg.epochs}")
     elif dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / CONFIG, dump_config(cfg, provenance))
@@ -410,15 +436,31 @@ def _train(cfg: RunConfig, out: Path, dist, device, *, data_dir, quiet: bool, da
         _data_checks(out, ds, quiet)
     tb = _tensorboard(out / "tb", enabled=dist.is_main)
     t0 = time.perf_counter() - train_seconds
+
+    def resume_info(epoch: int) -> dict:  # the state after ``epoch`` ended
+        return {"epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history, "kept": kept.entries,
+                **({"ema_updates": ema.updates} if ema is not None else {}), "config": cfg.model_dump(mode="json")}
+
     try:
         with progress_bar(f"{cfg.model} on {ds.name}", total=(cfg.epochs - start + 1) * spe,
                           enabled=not quiet) as bar, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             for epoch in range(start, cfg.epochs + 1):
-                lr = opt.param_groups[0]["lr"]
+                lr = opt.param_groups[0]["lr"] if partial is None else partial["lr"]
                 last = f"{out / RESUME} (epoch {epoch - 1})" if epoch > 1 else "none (first epoch)"
+                at_start = gen.get_state()  # the batch order of this epoch is drawn from it
+
+                def within(part, epoch=epoch, lr=lr, at_start=at_start):
+                    _save_resume(out, model, opt, sched, precision, gen, device, {
+                        **resume_info(epoch - 1), "train_seconds": time.perf_counter() - t0},
+                        ema=ema, partial={**part, "epoch": epoch, "lr": lr}, batches_state=at_start)
+
+                mid_epoch = dist.world == 1 and cfg.checkpoint_minutes > 0  # ranks' partial sums are their own
                 try:
                     tr = train_one_epoch(net, task, train_split, opt, sched, prep, precision, cfg.batch_size, gen,
-                                         bar, dist, augment=augment, mix=mix, ema=ema)
+                                         bar, dist, augment=augment, mix=mix, ema=ema, partial=partial,
+                                         checkpoint=within if mid_epoch else None,
+                                         checkpoint_s=cfg.checkpoint_minutes * 60)
+                    partial = None
                 except RuntimeError as e:
                     if not cfg.detect_anomaly:
                         raise
@@ -448,10 +490,7 @@ def _train(cfg: RunConfig, out: Path, dist, device, *, data_dir, quiet: bool, da
                     kept.offer(chosen, cfg, epoch, score)
                     write_csv(out / HISTORY, history)
                     _save_resume(out, model, opt, sched, precision, gen, device, {
-                        "epoch": epoch, "best": best, "best_epoch": best_epoch, "history": history,
-                        **({"ema_updates": ema.updates} if ema is not None else {}), "kept": kept.entries,
-                        "train_seconds": time.perf_counter() - t0,
-                        "config": cfg.model_dump(mode="json")}, ema=ema)
+                        **resume_info(epoch), "train_seconds": time.perf_counter() - t0}, ema=ema)
                 bar.set(f"loss {tr['loss']:.4f} val auc {_fmt(val['auc'])} acc {_fmt(val['acc'])}")
                 if not quiet:
                     console.print(f"epoch {epoch}/{cfg.epochs}  loss {tr['loss']:.4f}  val auc {_fmt(val['auc'])}"
@@ -716,10 +755,8 @@ def _evaluate(run_dir: Path, splits: Iterable[str] | None = None, *, data_dir=No
     for path in members:  # one network in memory at a time
         model = load_run_model(run_dir, cfg, ds, task, device, weights=path)
         for s in needed:
-            sp = ds[s]
-            part = type(sp)(sp.images.to(device), sp.labels.to(device))
             for flip in range(views):
-                logits = predict_logits(model, part, prep, cfg.eval_batch_size, dist=dist, flip=bool(flip))
+                logits = predict_logits(model, ds[s], prep, cfg.eval_batch_size, dist=dist, flip=bool(flip))
                 p = task.scores(logits).double()
                 probs[s] = p if s not in probs else probs[s] + p
                 if len(members) == 1 and views == 1:

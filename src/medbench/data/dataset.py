@@ -1,4 +1,5 @@
-"""The in-memory dataset every source is turned into: uint8 images and integer labels per split."""
+"""The dataset every source is turned into: uint8 images (in memory, or read from a store on disk as indexed) and
+integer labels per split."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,8 +11,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 [N, C, H, W]
+    images: torch.Tensor  # uint8 [N, C, H, W], or a disk source indexed like one (medbench.data.store.DiskImages)
     labels: torch.Tensor  # int64 [N, L]: L = 1 for single-label tasks, number of labels for multi-label
+    hashes: list[str] | None = None  # per image, from a store (computed while decoding): the leakage check
 
     def __len__(self) -> int:
         return self.images.shape[0]

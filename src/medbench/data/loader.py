@@ -1,37 +1,111 @@
-"""Batches straight from the in-memory uint8 tensors: no DataLoader workers, no per-sample Python."""
+"""Batches of uint8 images from memory or from a store on disk: no DataLoader workers, no per-sample Python.
+
+Held in memory (small data), a batch is one index into a tensor already on the device. Read from disk (a
+:class:`medbench.data.store.DiskImages`), a background thread gathers the next batches (``os.preadv`` drops the
+GIL) into pinned memory when the model is on CUDA and copies them without blocking, while the model computes. Both
+draw the same permutation from the same generator: identical batches for one seed, whichever the storage.
+"""
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Iterator, Sequence
 
 import torch
 
 from medbench.data.dataset import Split
+from medbench.data.store import gather, on_disk, rows as read_rows
+
+PREFETCH = 3  # batches read ahead of the model
 
 
 def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | None = None,
-                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(images uint8 [B,C,H,W], labels int64 [B,L])`` on the split's device.
+                    shard: tuple[int, int] = (0, 1), rows: slice | None = None, skip: int = 0,
+                    prefetch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(images uint8 [B,C,H,W], labels int64 [B,L])`` on ``device`` (default: where the split is).
 
     When shuffling (training), a last batch of a single sample is skipped: batch-norm cannot train on it,
     and it is a different random sample each epoch. ``shard=(rank, world)`` keeps every world-th sample of
-    each batch for data-parallel training; all ranks draw the same order from equally seeded generators.
+    each batch for data-parallel training; all ranks draw the same order from equally seeded generators and
+    each reads only its own samples. ``rows`` limits the pass to a block of the split (in order). ``skip``
+    leaves out the first batches without reading them (a run resumed mid-epoch: the same order, after them).
+    ``prefetch`` batches are read ahead in a thread (default :data:`PREFETCH` when the images are on disk or
+    must be copied to another device, else none).
     """
+    lo, hi = (0, len(split)) if rows is None else (rows.start or 0, min(rows.stop, len(split)))
+    images = split.images
+    pin = device is not None and device.type == "cuda" and images.device.type == "cpu"
+    if prefetch is None:
+        prefetch = PREFETCH if on_disk(images) or pin else 0
+    batches = _batches(split, batch_size, lo, hi, shuffle, generator, device, shard, pin, skip)
+    return _ahead(batches, prefetch) if prefetch > 0 else batches
+
+
+def _batches(split: Split, batch_size: int, lo: int, hi: int, shuffle: bool, generator, device, shard, pin: bool,
+             skip: int):
     rank, world = shard
-    n = len(split)
-    order = torch.randperm(n, generator=generator).to(split.images.device) if shuffle else None
-    for start in range(0, n, batch_size):
+    n = hi - lo
+    order = torch.randperm(n, generator=generator) if shuffle else None
+    for start in range(skip * batch_size, n, batch_size):
         stop = min(start + batch_size, n)
         if shuffle and stop - start < 2 * world:
             break
         if order is None:
-            x, y = split.images[start:stop], split.labels[start:stop]
+            x, y = read_rows(split.images, lo + start, lo + stop, pin=pin), split.labels[lo + start:lo + stop]
         else:
-            idx = order[start:stop][rank::world]
-            x, y = split.images[idx], split.labels[idx]
+            idx = order[start:stop][rank::world] + lo
+            x, y = gather(split.images, idx, pin=pin), split.labels[idx.to(split.labels.device)]
         if device is not None:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         yield x, y
+
+
+class _ahead:
+    """Run an iterator ``depth`` items ahead in a daemon thread; errors reach the consumer; closing stops it."""
+
+    def __init__(self, it, depth: int):
+        self._q: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(it,), daemon=True, name="medbench-prefetch")
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, it) -> None:
+        try:
+            for item in it:
+                if not self._put(("item", item)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(("error", e))
+            return
+        self._put(("end", None))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        kind, item = self._q.get()
+        if kind == "item":
+            return item
+        self._stop.set()
+        if kind == "error":
+            raise item
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __del__(self) -> None:
+        self._stop.set()
 
 
 class Preprocess:

@@ -297,19 +297,30 @@ def npz_budget(name: str, size: int | None) -> int:
 
 
 def read_npz(path: str | os.PathLike, name: str, size: int | None = None, *, fix: str = NPZ_FIX,
-             budget: int | None = None) -> ImageDataset:
+             budget: int | None = None, store: str | os.PathLike | None = None,
+             progress: bool = False) -> ImageDataset:
     """Read a MedMNIST-layout npz (``{split}_images``, ``{split}_labels``) into uint8 tensors, validating it.
 
     ``name`` picks the catalogue entry that gives the task, channels and class names. Every split must hold
     images (one common square size: ``size`` when given). Shapes and dtypes are checked from the .npy headers
     before any data is decompressed, and together may not declare more than ``budget`` bytes (default
     :func:`npz_budget`). Any problem is a :class:`MedbenchError` naming the file, the problem and then ``fix``.
+
+    Images are streamed from the zip members a block at a time: in memory they take their own size once (no
+    NHWC copy beside the NCHW one); with ``store`` (a folder) they are written there as a store
+    (:mod:`medbench.data.store`) and read back from disk as indexed, whatever their size.
     """
-    return _read_npz(path, name, size, fix, budget, images=True)
+    return _read_npz(path, name, size, fix, budget, images=True, store=store, progress=progress)
 
 
-def _read_npz(path, name, size, fix, budget, *, images: bool) -> ImageDataset | None:
+BLOCK_BYTES = 64 << 20  # images decompressed and converted at a time
+
+
+def _read_npz(path, name, size, fix, budget, *, images: bool, store=None, progress: bool = False):
     """:func:`read_npz`; with ``images=False`` only headers and labels are read (nothing is returned)."""
+    from medbench.data.store import finish_store, open_store
+    from medbench.progress import progress_bar
+
     info = _info(name)
     task = from_medmnist_task(info["task"])
     classes = [info["label"][str(i)] for i in range(len(info["label"]))]
@@ -319,28 +330,60 @@ def _read_npz(path, name, size, fix, budget, *, images: bool) -> ImageDataset | 
         want = {f"{s}_{k}" for s in SPLITS for k in ("images", "labels")}
         if not want <= keys:
             raise _fail(path, f"missing arrays {sorted(want - keys)} (found {sorted(keys)}); {fix}")
+        counts = {}
         for s in SPLITS:  # headers only: nothing is decompressed until every declared shape is as expected
             hi = npz.header(f"{s}_images")
-            if not check_shapes(path, s, hi, npz.header(f"{s}_labels"), task, classes, info["n_channels"],
-                                 size, fix):
+            counts[s] = check_shapes(path, s, hi, npz.header(f"{s}_labels"), task, classes, info["n_channels"],
+                                     size, fix)
+            if not counts[s]:
                 raise _fail(path, f"{s}_images holds no images; {fix}")
-            size = hi.shape[-2]  # every split at the size of the first
+            size = hi.shape[-2] if len(hi.shape) == 4 else hi.shape[-1]  # every split at the size of the first
         declared = sum(npz.header(k).nbytes for k in sorted(want))
         if declared > budget:
             raise _fail(path, f"its arrays declare {declared:,} bytes, more than the {budget:,} a {name} file "
                               f"at {size} px can hold; {fix}")
         splits = {}
-        for s in SPLITS:
-            labels = npz.read(f"{s}_labels")
-            if not images:
+        with progress_bar(f"read {Path(path).name}", total=sum(counts.values()) if images else 0,
+                          enabled=progress and images, unit="images") as bar:
+            for s in SPLITS:
+                labels = npz.read(f"{s}_labels")
                 _check_values(path, s, labels, task, classes, fix)
-                continue
-            splits[s] = arrays_to_split(path, s, npz.read(f"{s}_images"), labels, task, classes,
-                                        info["n_channels"], size, fix=fix)
+                if images:
+                    labels = labels.reshape(len(labels), -1).astype(np.int64)
+                    splits[s] = _stream_images(npz, s, labels, info["n_channels"], size, store, bar)
     if not images:
         return None
-    return ImageDataset(name=name, task=task, class_names=classes, splits=splits,
-                        size=splits["train"].images.shape[-1], source=str(path))
+    if store is not None:
+        finish_store(Path(store), name=name, task=task, class_names=classes, size=size, source=str(path))
+        return open_store(store)
+    return ImageDataset(name=name, task=task, class_names=classes, splits=splits, size=size, source=str(path))
+
+
+def _stream_images(npz, s: str, labels: np.ndarray, c: int, size: int, store, bar) -> Split | None:
+    """One split's images, a block at a time, into an NCHW tensor or (``store``) a store's split file."""
+    from medbench.data.store import SplitWriter
+
+    n = len(labels)
+    rows = max(1, BLOCK_BYTES // (c * size * size))
+    if store is None:
+        x = torch.empty((n, c, size, size), dtype=torch.uint8)
+        start = 0
+        for block in npz.blocks(f"{s}_images", rows):
+            k = len(block)
+            x[start:start + k] = torch.from_numpy(block.reshape(k, size, size, c)).permute(0, 3, 1, 2)
+            start += k
+            bar.advance(k)
+        return Split(images=x, labels=torch.from_numpy(labels))
+    w = SplitWriter(Path(store), s, n, (c, size, size))
+    try:
+        for block in npz.blocks(f"{s}_images", rows):
+            w.write(block.reshape(len(block), size, size, c), channels_last=True)
+            bar.advance(len(block))
+        w.close(labels)
+    except BaseException:
+        w.abort()
+        raise
+    return None
 
 
 def _one_line(e: BaseException) -> str:
@@ -396,9 +439,42 @@ def _load_cached(path: str, name: str, size: int, _mtime_ns: int, _nbytes: int) 
     return ds
 
 
+def pixel_bytes(path: str | os.PathLike, fix: str = NPZ_FIX) -> int:
+    """Bytes the images of an npz take decoded, from its .npy headers (nothing is decompressed)."""
+    with npzlib.open_npz(path, fix=fix) as npz:
+        return sum(npz.header(k).nbytes for k in npz.files if k.endswith("_images"))
+
+
+def load_npz(path: str | os.PathLike, name: str, size: int | None = None, *, memory_budget: float | None = None,
+             cache_dir=None, progress: bool = False, md5: str | None = None) -> ImageDataset:
+    """A MedMNIST-layout npz as a dataset of catalogue entry ``name``: whole in memory when its images fit the
+    memory budget (:mod:`medbench.data.memory`), else converted once (streaming) into a store in the cache folder,
+    keyed by the file's MD5, and read from disk as indexed. A second call reuses the store."""
+    from medbench.data.cache import default_cache_dir
+    from medbench.data.memory import fits_in_memory
+    from medbench.data.store import is_complete, open_store, store_lock
+
+    path = Path(path)
+    md5 = md5 or md5sum(path)
+    if fits_in_memory(pixel_bytes(path), memory_budget):
+        st = path.stat()
+        ds = _load_cached(str(path.resolve()), name, size or 0, st.st_mtime_ns, st.st_size) if size else \
+            read_npz(path, name)
+    else:
+        key = hashlib.sha256(f"medmnist-store\0{name}\0{size}\0{md5}".encode()).hexdigest()
+        folder = Path(cache_dir or default_cache_dir()).expanduser() / f"{key}.store"
+        with store_lock(folder):  # torchrun ranks, or two runs, convert once
+            if not is_complete(folder):
+                read_npz(path, name, size, store=folder, progress=progress)
+        ds = open_store(folder)
+    ds.md5 = md5
+    return ds
+
+
 def load_medmnist(name: str, size: int = 28, data_dir=None, *, download_missing: bool = True,
-                  progress: bool = True) -> ImageDataset:
-    """Load a MedMNIST 2D dataset, downloading it if missing; decoded once per process."""
+                  progress: bool = True, memory_budget: float | None = None) -> ImageDataset:
+    """Load a MedMNIST 2D dataset, downloading it if missing; held in memory (decoded once per process) when it
+    fits the memory budget, else read from a store converted once (:func:`load_npz`)."""
     md5 = expected_md5(name, size)
     root = data_root(data_dir)
     path = root / file_name(name, size)
@@ -416,5 +492,4 @@ def load_medmnist(name: str, size: int = 28, data_dir=None, *, download_missing:
                                     f"is not used: delete it to re-download, or {by_hand}", None, images=False)
         raise MedbenchError(f"{path} has md5 {got}, but MedMNIST lists {md5} for it: the file is corrupted or "
                             f"from another release, so it is not used. Delete it to re-download, or {by_hand}")
-    st = path.stat()
-    return _load_cached(str(path.resolve()), name, size, st.st_mtime_ns, st.st_size)
+    return load_npz(path, name, size, memory_budget=memory_budget, progress=progress, md5=got)

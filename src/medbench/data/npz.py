@@ -127,6 +127,22 @@ class BoundedNpz:
                 self._fill(f, key, flat.view(np.uint8), h.nbytes)
         return flat.reshape(h.shape, order="F" if h.fortran else "C")
 
+    def blocks(self, key: str, rows: int):
+        """The array ``key`` (C order) as consecutive blocks of up to ``rows`` rows, read from the member's stream a
+        block at a time: memory stays one block whatever the array's size."""
+        f, h = self._open(key)
+        with f:
+            if h.fortran and len(h.shape) > 1:
+                raise self.error(f"{key} is stored in Fortran order; save it in C order (numpy's default)")
+            n = h.shape[0] if h.shape else 1
+            row = prod(h.shape[1:]) * h.dtype.itemsize
+            for start in range(0, n, max(1, rows)):
+                k = min(rows, n - start)
+                block = np.empty((k, *h.shape[1:]), h.dtype)
+                if k * row:
+                    self._fill(f, key, block.reshape(-1).view(np.uint8), k * row)
+                yield block
+
     def _fill(self, f, key: str, out: np.ndarray, n: int) -> None:
         """Exactly ``n`` bytes from the stream into ``out``, a chunk at a time (never more than declared)."""
         pos = 0

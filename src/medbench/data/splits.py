@@ -126,7 +126,9 @@ def leakage_report(splits: Mapping, files: Mapping[str, Sequence[str]] | None = 
     """
     seen: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for split, content in splits.items():
-        if hasattr(content, "images"):
+        if hasattr(content, "images") and getattr(content, "hashes", None) is not None:
+            hashes = list(content.hashes)  # computed when the store was written
+        elif hasattr(content, "images"):
             images = content.images
             hashes = [array_hash(images[i].numpy() if hasattr(images[i], "numpy") else images[i])
                       for i in range(len(images))]

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from medbench.data import ImageDataset, load_dataset
+from medbench.data.store import gather, on_disk
 from medbench.engine import resolve_device, seed_everything
 from medbench.errors import MedbenchError
 from medbench.fileio import atomic_path, save_image_grid, write_csv, write_json, write_text
@@ -133,7 +134,8 @@ def _train_gan(dataset: str | ImageDataset, out: Path, *, size: int, epochs: int
     _check_task(ds)
     seed_everything(seed)
     dev = resolve_device(device)
-    real = ds["train"].images.to(dev)
+    real = ds["train"].images  # read a batch at a time when it is a store on disk
+    real = real.to(dev) if not on_disk(real) else real
     labels = ds["train"].labels[:, 0].to(dev)
     k, c, s = ds.num_classes, real.shape[1], real.shape[-1]
     g = Generator(k, c, s, latent_dim, width).to(dev)
@@ -162,7 +164,7 @@ def _train_gan(dataset: str | ImageDataset, out: Path, *, size: int, epochs: int
                 idx = order[start:start + batch_size]
                 if len(idx) < 2:
                     break
-                x = real[idx].float().div_(127.5).sub_(1)
+                x = gather(real, idx).to(dev, non_blocking=True).float().div_(127.5).sub_(1)
                 y = labels[idx]
                 z = torch.randn(len(idx), latent_dim, device=dev)
                 fake = g(z, y)
@@ -227,7 +229,8 @@ def quality(generator_dir: str | Path, ds: ImageDataset, *, epochs: int = 10, pe
     fake = generate(g.to(dev), wanted, seed=seed + 1)
 
     def predicted(images):
-        split = type(ds["test"])(images.to(dev), torch.zeros(len(images), 1, dtype=torch.long, device=dev))
+        images = images if on_disk(images) else images.to(dev)  # predict_logits copies disk batches to dev
+        split = type(ds["test"])(images, torch.zeros(len(images), 1, dtype=torch.long))
         return task.predict(task.scores(predict_logits(judge, split, prep, 256))).flatten()
 
     fake_pred = predicted(fake)

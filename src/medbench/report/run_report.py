@@ -168,11 +168,14 @@ def _read_predictions(path: Path) -> np.ndarray:
 def _model_scores(model, task, prep, images, batch: int = 256) -> np.ndarray:
     import torch
 
+    from medbench.engine import model_device
+
     out = []
     model.eval()
+    device = model_device(model)
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            out.append(task.scores(model(prep(images[i:i + batch]))).double())
+            out.append(task.scores(model(prep(images[i:i + batch].to(device)))).double().cpu())
     return torch.cat(out).numpy()
 
 
