@@ -134,14 +134,65 @@ def test_pad_resizes_before_padding_and_fitted_decoding_matches_the_parts(tmp_pa
     for mode in ("pad", "crop"):
         for channels in (None, 1, 3):
             want = convert_channels(resize_square(decode_image(xray), 64, mode), channels)
-            got = decode_fitted(xray, 64, mode, channels)
+            got = decode_fitted(xray, 64, mode, channels, draft=False)
             assert got.dtype == np.uint8 and got.flags.writeable and np.array_equal(got, want)
+            drafted = decode_fitted(xray, 64, mode, channels)  # a JPEG decoded at reduced size first
+            assert drafted.shape == want.shape and np.abs(drafted.astype(int) - want).mean() < 0.5
     rgb = np.random.default_rng(1).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     want = convert_channels(resize_square(rgb, 16, "pad"), 1)
     assert np.array_equal(decode_fitted(tmp_path / "rgb.png", 16, "pad", channels=1), want)
     with pytest.raises(MedbenchError, match="image size must be a positive integer"):
         decode_fitted(xray, 0)
+
+
+def _smooth(w: int, h: int, rgb: bool = False) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = (128 + 100 * np.sin(xx / 97.0) * np.cos(yy / 131.0)).astype(np.uint8)
+    return np.stack([a, 255 - a, a // 2], -1) if rgb else a
+
+
+@pytest.mark.parametrize("w,h", [(1500, 1200), (1497, 1203), (1001, 999), (640, 1301)])
+def test_jpeg_draft_keeps_the_geometry_of_the_full_decode(tmp_path, w, h):
+    # odd sizes: libjpeg rounds a draft's size up; the resize reads the exact box of the full image
+    path = tmp_path / "smooth.jpg"
+    Image.fromarray(_smooth(w, h)).save(path, quality=98)
+    for mode in ("pad", "crop"):
+        for size in (28, 64, 224):
+            full, drafted = decode_fitted(path, size, mode, draft=False), decode_fitted(path, size, mode)
+            diff = np.abs(full.astype(int) - drafted)
+            assert full.shape == drafted.shape and diff.max() <= 2 and diff.mean() < 0.3, (mode, size)
+
+
+def test_jpeg_draft_is_used_only_where_it_is_exact(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    calls = []
+    real = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", lambda im, *a: calls.append(im.size) or real(im, *a))
+    rgb = tmp_path / "rgb.jpg"
+    Image.fromarray(_smooth(900, 700, rgb=True)).save(rgb, quality=95)
+    out = decode_fitted(rgb, 64, "pad")
+    assert calls and out.shape == (64, 64, 3)  # colour kept (libjpeg is not asked to convert to grey)
+    assert np.abs(out.astype(int) - decode_fitted(rgb, 64, "pad", draft=False)).max() <= 2
+    # an EXIF-rotated photo is decoded in full (a flipped draft would move its rounded edge)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_smooth(900, 700)).save(rotated, quality=95, exif=exif)
+    calls.clear()
+    assert np.array_equal(decode_fitted(rotated, 64, "crop"), decode_fitted(rotated, 64, "crop", draft=False))
+    assert calls == []
+    assert decode_fitted(rotated, 64, "pad").shape == (64, 64, 1)
+    # too small to reduce (a side under 2 x size): every pixel decoded, exactly as without a draft
+    small = tmp_path / "small.jpg"
+    Image.fromarray(_smooth(300, 200)).save(small, quality=95)
+    assert np.array_equal(decode_fitted(small, 224, "pad"), decode_fitted(small, 224, "pad", draft=False))
+    png = tmp_path / "big.png"
+    Image.fromarray(_smooth(900, 700)).save(png)
+    calls.clear()
+    decode_fitted(png, 64)
+    assert calls == []  # only JPEG has a draft mode
 
 
 def test_wide_data_stretch_matches_float64_in_blocks(tmp_path, monkeypatch):
