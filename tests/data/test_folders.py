@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from medbench.data.cache import cache_clear, cache_info, cached, default_cache_dir
-from medbench.data.decode import decode_image, resize_square
+from medbench.data.decode import decode_fitted, decode_image, resize_square
 from medbench.data.folders import load_folder, scan_folder
 from medbench.errors import MedbenchError
 
@@ -61,8 +61,10 @@ def test_load_chest_matches_decoder(chest, chest64):
         assert len(ds.meta["files"][s]) == len(split)
     i = 5
     rel = ds.meta["files"]["test"][i]
-    want = resize_square(decode_image(chest / rel), 64, "pad")
-    assert np.array_equal(ds["test"].images[i].permute(1, 2, 0).numpy(), want)
+    got = ds["test"].images[i].permute(1, 2, 0).numpy()
+    assert np.array_equal(got, decode_fitted(chest / rel, 64, "pad"))  # what predict and serve decode
+    full = resize_square(decode_image(chest / rel), 64, "pad")  # every pixel decoded: JPEG draft within a few levels
+    assert np.abs(got.astype(int) - full).mean() < 1
     assert int(ds["test"].labels[i, 0]) == ds.class_names.index(rel.split("/")[1])
 
 
@@ -131,7 +133,7 @@ def test_cache_is_fast_identical_and_invalidated(chest, tmp_path, chest64):
     print(f"\nchest_xray_subset @64: first load {t_first:.3f} s, cached load {t_second:.3f} s, "
           f"ratio {t_first / t_second:.1f}x")
     assert not first.meta["cache"]["hit"] and second.meta["cache"]["hit"]
-    assert t_first / t_second >= 10
+    assert t_first / t_second >= 3  # the first load decodes in parallel with JPEG drafts: 10x before, ~8x now
     for s in first.splits:
         assert torch.equal(first[s].images, second[s].images) and torch.equal(first[s].labels, second[s].labels)
         assert torch.equal(first[s].images, chest64[s].images)
@@ -153,7 +155,10 @@ def test_cache_is_fast_identical_and_invalidated(chest, tmp_path, chest64):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     b = load_folder(copy, size=32, cache_dir=cache)
     assert not b.meta["cache"]["hit"] and b.meta["cache"]["key"] != a.meta["cache"]["key"]
-    assert cache_clear(cache) == 8 and cache_info(cache) == []
+    stores = sorted(p.name for p in cache.iterdir() if p.name.endswith(".store"))
+    assert len(stores) == 4 and not list(cache.glob("*.partial")) and first.meta["cache"]["path"] == str(
+        cache / stores[[s[:64] for s in stores].index(first.meta["cache"]["key"])])
+    assert cache_clear(cache) == 4 + 4 and cache_info(cache) == []  # 4 stores, 4 lock files
 
 
 def test_cached_generic_and_default_dir(tmp_path, monkeypatch, chest64):
@@ -168,7 +173,9 @@ def test_cached_generic_and_default_dir(tmp_path, monkeypatch, chest64):
     cached({"x": 1}, build)
     again = cached({"x": 1}, build)
     assert len(calls) == 1 and again.meta["cache"]["hit"]
-    assert [p.suffix for p in sorted((tmp_path / "env").iterdir())] == [".json", ".safetensors"]
+    assert [p.suffix for p in sorted((tmp_path / "env").iterdir())] == [".store", ".lock"]
+    for s in chest64.splits:
+        assert torch.equal(again[s].images, chest64[s].images) and torch.equal(again[s].labels, chest64[s].labels)
     assert cache_clear() == 2
 
 

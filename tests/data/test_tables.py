@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medbench.data.decode import decode_image, resize_square
+from medbench.data.decode import decode_fitted
 from medbench.data.tables import load_csv
 from medbench.errors import MedbenchError
 
@@ -48,7 +48,7 @@ def test_single_label_with_split_column(chest, tmp_path):
             assert rel.startswith(s + "/")
             assert ds.class_names[int(split.labels[i, 0])] == rel.split("/")[1]
     rel = ds.meta["files"]["val"][3]
-    assert np.array_equal(ds["val"].images[3].permute(1, 2, 0).numpy(), resize_square(decode_image(chest / rel), 32))
+    assert np.array_equal(ds["val"].images[3].permute(1, 2, 0).numpy(), decode_fitted(chest / rel, 32))
 
 
 def test_integer_labels_no_split_column_default_root(chest, tmp_path):

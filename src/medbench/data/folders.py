@@ -34,10 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from medbench.data.dataset import SPLITS, ImageDataset, Split
-from medbench.data.decode import convert_channels, decode_fitted, is_grey
+from medbench.data.dataset import SPLITS, ImageDataset
 from medbench.data.splits import stratified_split
 from medbench.errors import MedbenchError
 
@@ -225,32 +223,9 @@ def assign_splits(listing: FolderListing, *, val_from_train: float = 0.0, test_f
     return out
 
 
-def _decode_all(root: Path, rel: list[str], size: int, resize: str, progress: bool):
-    from medbench.progress import progress_bar
-
-    images: list[np.ndarray | None] = []
-    bad: list[tuple[str, str]] = []
-    with progress_bar(f"decode {root.name}", total=len(rel), enabled=progress, unit="images") as bar:
-        for f in rel:
-            try:
-                img = decode_fitted(root / f, size, resize)
-            except MedbenchError as e:
-                images.append(None)
-                reason = str(e)
-                prefix = f"{root / f}: "
-                bad.append((f, reason[len(prefix):] if reason.startswith(prefix) else reason))
-            else:
-                images.append(img)
-            bar.advance(1)
-    return images, bad
-
-
-def decode_files(source, root: Path, rel: list[str], size: int, resize: str, skip_bad: bool, progress: bool,
-                 lines: dict[str, int] | None = None):
-    """Decode ``rel`` (paths under ``root``): ``(images, bad, good indices)``. Unreadable files are one error
-    naming them (``source`` first; with ``lines``, path -> line of a listing file, each with its line), or with
-    ``skip_bad`` a warning; the caller records ``bad``."""
-    images, bad = _decode_all(root, rel, size, resize, progress)
+def report_bad(source, bad: list[tuple[str, str]], skip_bad: bool, lines: dict[str, int] | None = None) -> None:
+    """Unreadable files ``[(path, reason)]``: one error naming them (``source`` first; with ``lines``, path -> line
+    of a listing file, each with its line), or with ``skip_bad`` a warning; the caller records them."""
     if bad and not skip_bad:
         where = (lambda f: f"line {lines[f]}: ") if lines else (lambda f: "")
         named = "; ".join(f"{f} ({where(f)}{r})" for f, r in bad[:MAX_NAMED])
@@ -259,61 +234,62 @@ def decode_files(source, root: Path, rel: list[str], size: int, resize: str, ski
                             f"or pass skip_bad=True (--skip-bad) to leave them out")
     if bad:
         warnings.warn(f"{source}: skipped {len(bad)} unreadable image(s): {name_some([f for f, _ in bad])}",
-                      stacklevel=4)
-    return images, bad, [i for i, img in enumerate(images) if img is not None]
+                      stacklevel=2)
 
 
-def _build_folder(root: Path, listing: FolderListing, *, size, channels, resize, label_regex, val_from_train,
-                  test_from_train, group_regex, seed, skip_bad, progress) -> ImageDataset:
+def _ingest_folder(store: Path, partial: Path, root: Path, listing: FolderListing, *, size, channels, resize,
+                   label_regex, val_from_train, test_from_train, group_regex, seed, skip_bad, progress,
+                   workers) -> None:
+    from medbench.data.ingest import ingest
+
     assigned = assign_splits(listing, val_from_train=val_from_train, test_from_train=test_from_train,
                              group_regex=group_regex, seed=seed)
     order = [(s, f, c) for s in SPLITS for f, c in assigned[s]]
-    images, bad, good = decode_files(root, root, [f for _, f, _ in order], size, resize, skip_bad, progress)
-    if channels is None:
-        channels = 1 if all(is_grey(images[i]) for i in good) else 3
-    splits, files, groups = {}, {}, {}
-    for s in SPLITS:
-        idx = [i for i in good if order[i][0] == s]
-        if idx:
-            x = np.stack([convert_channels(images[i], channels) for i in idx])
-        else:
-            x = np.zeros((0, size, size, channels), np.uint8)
-        y = np.array([[order[i][2]] for i in idx], dtype=np.int64).reshape(-1, 1)
-        splits[s] = Split(images=torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), labels=torch.from_numpy(y))
-        files[s] = [order[i][1] for i in idx]
-        groups[s] = [g.split(":", 1)[1] if g.startswith("group:") else None
-                     for g in group_ids(files[s], group_regex)] if group_regex else []
-    if len(splits["train"]) == 0:
-        raise MedbenchError(f"{root}: no training images left after splitting; add images or lower the fractions")
-    task = "binary" if len(listing.class_names) == 2 else "multiclass"
-    meta = {
-        "kind": "folder",
-        "files": files,
-        "groups": groups,
-        "skipped": [{"path": f, "reason": r} for f, r in bad],
-        "ignored": listing.ignored,
-        "class_names": listing.class_names,
-        "settings": {"size": size, "channels": channels, "resize": resize, "label_regex": label_regex,
-                     "val_from_train": val_from_train, "test_from_train": test_from_train,
-                     "group_regex": group_regex, "seed": seed, "skip_bad": skip_bad},
-    }
-    return ImageDataset(name=f"folder:{root.name}", task=task, class_names=list(listing.class_names), splits=splits,
-                        size=size, source=str(root), meta=meta)
+
+    def describe(files: dict[str, list[str]], bad: list[tuple[str, str]], c: int) -> dict:
+        if not files["train"]:
+            raise MedbenchError(f"{root}: no training images left after splitting; add images or lower the "
+                                f"fractions")
+        groups = {s: [g.split(":", 1)[1] if g.startswith("group:") else None
+                      for g in group_ids(files[s], group_regex)] if group_regex else [] for s in SPLITS}
+        meta = {
+            "kind": "folder",
+            "files": files,
+            "groups": groups,
+            "skipped": [{"path": f, "reason": r} for f, r in bad],
+            "ignored": listing.ignored,
+            "class_names": listing.class_names,
+            "settings": {"size": size, "channels": c, "resize": resize, "label_regex": label_regex,
+                         "val_from_train": val_from_train, "test_from_train": test_from_train,
+                         "group_regex": group_regex, "seed": seed, "skip_bad": skip_bad},
+        }
+        return {"name": f"folder:{root.name}", "task": "binary" if len(listing.class_names) == 2 else "multiclass",
+                "class_names": list(listing.class_names), "source": str(root), "meta": meta}
+
+    ingest(store, partial, root, order, size=size, resize=resize, channels=channels, describe=describe,
+           on_bad=lambda bad: report_bad(root, bad, skip_bad), workers=workers, progress=progress, label=root.name)
 
 
 def load_folder(root: str | os.PathLike, *, size: int, channels: int | None = None, resize: str = "pad",
                 label_regex: str | None = None, val_from_train: float = 0.0, test_from_train: float = 0.0,
                 group_regex: str | None = None, seed: int = 0, skip_bad: bool = False,
-                cache_dir: str | os.PathLike | None = None, progress: bool = False) -> ImageDataset:
+                cache_dir: str | os.PathLike | None = None, progress: bool = False,
+                memory_budget: float | None = None, workers: int | None = None) -> ImageDataset:
     """Decode a folder of images into an :class:`ImageDataset` (task "binary" for 2 classes, else "multiclass").
 
     ``channels``: 1, 3, or None = 1 when every image is grey (one channel, or three equal ones), else 3.
     ``resize``: "pad" or "crop" to square, then resize to ``size`` (:func:`resize_square`).
     ``skip_bad``: leave unreadable files out (recorded in ``meta["skipped"]`` with a warning) instead of failing.
-    ``cache_dir``: reuse / store the decoded tensors there (:mod:`medbench.data.cache`); None = no cache.
+    ``cache_dir``: keep the decoded store there and reuse it (:mod:`medbench.data.cache`); an interrupted decode
+    resumes where it stopped. None = no cache (a temporary store).
+    ``memory_budget`` (GB, None = automatic, :mod:`medbench.data.memory`): images that fit are returned as
+    tensors, larger data as :class:`medbench.data.store.DiskImages` read from the store as indexed.
+    ``workers``: decoding processes (None = one per CPU; 1 = in this process), :mod:`medbench.data.ingest`.
     ``meta`` holds per split the relative ``files`` and ``groups`` (group id or None), plus ``skipped``,
-    ``ignored``, ``class_names`` and the ``settings`` used.
+    ``ignored``, ``class_names``, the ``settings`` used and how the store was decoded (``ingest``).
     """
+    from medbench.data.cache import cached_store
+
     root = Path(root).expanduser().resolve()
     if channels not in (None, 1, 3):
         raise MedbenchError(f"channels must be 1, 3 or None (automatic), not {channels}")
@@ -324,14 +300,12 @@ def load_folder(root: str | os.PathLike, *, size: int, channels: int | None = No
     listing = scan_folder(root, label_regex=label_regex)
     settings = dict(size=size, channels=channels, resize=resize, label_regex=label_regex,
                     val_from_train=val_from_train, test_from_train=test_from_train, group_regex=group_regex,
-                    seed=seed, skip_bad=skip_bad, progress=progress)
+                    seed=seed, skip_bad=skip_bad)
 
-    def build() -> ImageDataset:
-        return _build_folder(root, listing, **settings)
+    def build(store: Path, partial: Path) -> None:
+        _ingest_folder(store, partial, root, listing, progress=progress, workers=workers, **settings)
 
-    if cache_dir is None:
-        return build()
-    from medbench.data.cache import cached
-
-    key = {"source": "folder", "root": str(root), **{k: v for k, v in settings.items() if k != "progress"}}
-    return cached(key, build, cache_dir, files=[root / f for f in listing.all_files()])
+    key = {"source": "folder", "root": str(root), **settings}
+    return cached_store(key, build, cache_dir, files=[root / f for f in listing.all_files()],
+                        decode_parts={k: v for k, v in key.items() if k not in ("skip_bad", "channels")},
+                        memory_budget=memory_budget, use_cache=cache_dir is not None)

@@ -19,12 +19,8 @@ import csv
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from medbench.data.dataset import SPLITS, ImageDataset, Split
-from medbench.data.decode import convert_channels, is_grey
-from medbench.data.folders import FolderListing, name_some, assign_splits, decode_files
+from medbench.data.dataset import SPLITS, ImageDataset
+from medbench.data.folders import FolderListing, assign_splits, name_some, report_bad
 from medbench.errors import MedbenchError
 
 UNCERTAIN = ("u-ones", "u-zeros", "u-ignore")
@@ -103,8 +99,15 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
              channels: int | None = None, resize: str = "pad", val_from_train: float = 0.0,
              test_from_train: float = 0.0, group_col: str | None = None, group_regex: str | None = None,
              seed: int = 0, skip_bad: bool = False, allow_outside_root: bool = False,
-             cache_dir: str | os.PathLike | None = None, progress: bool = False) -> ImageDataset:
-    """Decode the images a CSV lists, with their labels (see the module docstring for the rules)."""
+             cache_dir: str | os.PathLike | None = None, progress: bool = False,
+             memory_budget: float | None = None, workers: int | None = None) -> ImageDataset:
+    """Decode the images a CSV lists, with their labels (see the module docstring for the rules).
+
+    ``cache_dir``, ``memory_budget``, ``workers``: as for :func:`medbench.data.folders.load_folder` (a decoded
+    store, resumable; tensors when the images fit the memory budget, else read from disk as indexed).
+    """
+    from medbench.data.cache import cached_store
+
     csv_path = Path(csv_path).expanduser().resolve()
     root = Path(root).expanduser().resolve() if root is not None else csv_path.parent
     if isinstance(label_cols, str):
@@ -181,36 +184,29 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
     for (line, _), p in zip(rows, paths):
         line_of.setdefault(p, line)
 
-    def build() -> ImageDataset:
+    def build(store: Path, partial: Path) -> None:
+        from medbench.data.ingest import ingest
+
         assigned = assign_splits(listing, val_from_train=val_from_train, test_from_train=test_from_train,
                                  group_regex=group_regex, seed=seed, group_of=group_of, source=csv_path)
         order = [(s, f, y) for s in SPLITS for f, y in assigned[s]]
-        images, bad, good = decode_files(csv_path, root, [f for _, f, _ in order], size, resize, skip_bad, progress,
-                                         lines=line_of)
-        c = channels if channels is not None else (1 if all(is_grey(images[i]) for i in good) else 3)
-        width = len(class_names) if multilabel else 1
-        splits, out_files = {}, {}
-        for s in SPLITS:
-            idx = [i for i in good if order[i][0] == s]
-            x = (np.stack([convert_channels(images[i], c) for i in idx]) if idx
-                 else np.zeros((0, size, size, c), np.uint8))
-            y = np.array([order[i][2] if multilabel else [order[i][2]] for i in idx], dtype=np.int64)
-            splits[s] = Split(images=torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(),
-                              labels=torch.from_numpy(y.reshape(-1, width)))
-            out_files[s] = [order[i][1] for i in idx]
-        if len(splits["train"]) == 0:
-            raise MedbenchError(f"{csv_path}: no training images left; add rows or lower the split fractions")
-        meta = {"kind": "csv", "csv": str(csv_path), "files": out_files,
-                "skipped": [{"path": f, "reason": r} for f, r in bad], "class_names": class_names,
-                "label_mask_value": -1 if (multilabel and uncertain == "u-ignore") else None,
-                "settings": {**settings, "channels": c}}
-        return ImageDataset(name=f"csv:{csv_path.stem}", task=task, class_names=class_names, splits=splits,
-                            size=size, source=str(csv_path), meta=meta)
 
-    if cache_dir is None:
-        return build()
-    from medbench.data.cache import cached
+        def describe(files: dict[str, list[str]], bad: list[tuple[str, str]], c: int) -> dict:
+            if not files["train"]:
+                raise MedbenchError(f"{csv_path}: no training images left; add rows or lower the split fractions")
+            meta = {"kind": "csv", "csv": str(csv_path), "files": files,
+                    "skipped": [{"path": f, "reason": r} for f, r in bad], "class_names": class_names,
+                    "label_mask_value": -1 if (multilabel and uncertain == "u-ignore") else None,
+                    "settings": {**settings, "channels": c}}
+            return {"name": f"csv:{csv_path.stem}", "task": task, "class_names": class_names,
+                    "source": str(csv_path), "meta": meta}
+
+        ingest(store, partial, root, order, size=size, resize=resize, channels=channels, describe=describe,
+               on_bad=lambda bad: report_bad(csv_path, bad, skip_bad, line_of), workers=workers,
+               progress=progress, label=csv_path.name, source=csv_path)
 
     key = {"source": "csv", "csv": str(csv_path), "root": str(root), **settings}
     files_for_key = [csv_path] + sorted({str(root / p) for p in paths})
-    return cached(key, build, cache_dir, files=files_for_key)
+    return cached_store(key, build, cache_dir, files=files_for_key,
+                        decode_parts={k: v for k, v in key.items() if k not in ("skip_bad", "channels")},
+                        memory_budget=memory_budget, use_cache=cache_dir is not None)
