@@ -39,6 +39,24 @@ def _resume_epoch(path) -> int | None:
         return None
 
 
+def _train_and_kill(args, env, when) -> None:
+    """``medbench train ARGS`` in its own process group, SIGKILLed as soon as ``when()`` holds."""
+    proc = subprocess.Popen([sys.executable, "-m", "medbench", "train", *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            if when():
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
+
+
 def _history(path):
     with open(path, newline="") as f:
         return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in csv.DictReader(f)]
@@ -55,20 +73,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, medmnist_d
     r = _medbench(["train", *ARGS, "--out", str(full)], env)
     assert r.returncode == 0, r.stderr
     assert not (full / RESUME).exists()  # a finished run drops its resume state
-    proc = subprocess.Popen([sys.executable, "-m", "medbench", "train", *ARGS, "--out", str(killed)], env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            if (_resume_epoch(killed / RESUME) or 0) >= 2:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        err = proc.communicate(timeout=60)[1].decode(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
+    _train_and_kill([*ARGS, "--out", str(killed)], env, lambda: (_resume_epoch(killed / RESUME) or 0) >= 2)
     assert not (killed / "metrics.json").exists()
     stopped_after = _resume_epoch(killed / RESUME)
     assert stopped_after in (2, 3)
@@ -135,21 +140,8 @@ def test_a_run_killed_within_an_epoch_resumes_from_its_last_step(tmp_path, medmn
     full, killed = tmp_path / "full", tmp_path / "killed"
     r = _medbench(["train", *args, "--checkpoint-minutes", "0", "--out", str(full)], env)
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "medbench", "train", *args, "--out", str(killed)], env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            p = _partial(killed / RESUME)
-            if p and p["epoch"] == 2 and p["step"] >= 5:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        err = proc.communicate(timeout=60)[1].decode(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
+    _train_and_kill([*args, "--out", str(killed)], env,
+                    lambda: (p := _partial(killed / RESUME)) is not None and p["epoch"] == 2 and p["step"] >= 5)
     p = _partial(killed / RESUME)
     assert p["epoch"] == 2 and 5 <= p["step"] < 17, p
     r = _medbench(["train", "--resume", str(killed), "--quiet", "--no-report"], env)

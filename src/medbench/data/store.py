@@ -17,6 +17,7 @@ GIL, so a background thread gathers the next batch while the model computes.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import time
@@ -43,6 +44,20 @@ def _pread_into(fd: int, buf: memoryview, offset: int, path) -> None:
         if n <= 0:
             raise MedbenchError(f"{path}: ends early (truncated store); {_REBUILD}")
         done += n
+
+
+MMAP_FROM = 1 << 20  # bytes: batch buffers this large get their own anonymous mapping
+
+
+def batch_buffer(shape: tuple[int, ...], pin: bool = False) -> torch.Tensor:
+    """An uninitialised uint8 tensor for one batch read from disk. Pinned (CUDA copies) from torch's caching host
+    allocator; otherwise, when large, in its own anonymous ``mmap``, returned to the kernel as soon as the tensor is
+    freed: from malloc, buffers filled in the reading thread and freed in the training thread fragmented the
+    thread's arena, and memory grew with every batch (9.9 GB after 60,000 images at 224 px, 4.2 GB after 20,000)."""
+    n = int(np.prod(shape))
+    if pin or n < MMAP_FROM:
+        return torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+    return torch.frombuffer(mmap.mmap(-1, n), dtype=torch.uint8).view(shape)
 
 
 class DiskImages:
@@ -101,7 +116,7 @@ class DiskImages:
             self._fd = None
 
     def _empty(self, k: int, pin: bool) -> torch.Tensor:
-        return torch.empty((k, *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        return batch_buffer((k, *self.shape[1:]), pin)
 
     def read_range(self, start: int, stop: int, pin: bool = False) -> torch.Tensor:
         """Rows ``start:stop`` in one read."""
@@ -165,7 +180,7 @@ class CatImages:
 
     def take(self, idx, pin: bool = False) -> torch.Tensor:
         idx = torch.as_tensor(np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64)).reshape(-1)
-        out = torch.empty((len(idx), *self.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        out = batch_buffer((len(idx), *self.shape[1:]), pin)
         k = len(self.first)
         a, b = idx < k, idx >= k
         if a.any():
