@@ -208,7 +208,10 @@ def on_disk(images) -> bool:
 def gather(images, idx, pin: bool = False) -> torch.Tensor:
     """``images[idx]`` for a tensor or a disk source; ``pin`` fills pinned memory (for copies to CUDA)."""
     if torch.is_tensor(images):
-        return images[idx.to(images.device) if torch.is_tensor(idx) else idx]
+        idx = idx.to(images.device) if torch.is_tensor(idx) else torch.as_tensor(idx, device=images.device)
+        if images.device.type != "cpu" or images.dtype != torch.uint8:
+            return images[idx]
+        return torch.index_select(images, 0, idx, out=batch_buffer((len(idx), *images.shape[1:]), pin))
     return images.take(idx, pin=pin)
 
 
