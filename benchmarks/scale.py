@@ -92,6 +92,8 @@ def child(args) -> None:
     cfg = {"dataset": NAME, "size": args.size, "model": "cnn5", "epochs": 1, "batch_size": 128,
            "eval_batch_size": 256, "lr": 1e-3, "optimizer": "adam", "schedule": "constant", "seed": 0,
            "precision": "fp32", "memory_budget": budget}
+    if args.model:
+        cfg.update(model=args.model, truncate=int(args.truncate or 0))
     t1 = time.perf_counter()
     medbench.train(cfg, out, dataset=ds, quiet=True, report=False)
     wall = time.perf_counter() - t1
@@ -107,12 +109,13 @@ def child(args) -> None:
                       "test_auc": metrics["test"]["auc"], "test_acc": metrics["test"]["acc"]}))
 
 
-def run_case(npz: Path, size: int, path: str, cache: Path, work: Path) -> dict:
+def run_case(npz: Path, size: int, path: str, cache: Path, work: Path, model: str | None = None,
+             truncate: int = 0) -> dict:
     import shutil
 
     out = work / f"run-{npz.stem}-{path}-{time.time_ns()}"
     cmd = [sys.executable, __file__, "--child", "--npz", str(npz), "--size", str(size), "--path", path,
-           "--cache", str(cache), "--out", str(out)]
+           "--cache", str(cache), "--out", str(out), *(["--model", model, "--truncate", str(truncate)] if model else [])]
     res = subprocess.run(cmd, capture_output=True, text=True)
     shutil.rmtree(out, ignore_errors=True)
     if res.returncode:
@@ -137,6 +140,10 @@ def main() -> None:
     p.add_argument("--compare-n", type=int, default=20000, help="images for the store vs memory comparison")
     p.add_argument("--compare-px", type=int, default=64)
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--model", help="the 224-px cases' model (default cnn5: 5.6 images/s training on 2 AVX2 cores, "
+                                   "3 hours an epoch of 60,000)")
+    p.add_argument("--truncate", type=int, default=0, help="with --model: drop its last K stages")
+    p.add_argument("--memory-contrast", action="store_true", help="also run the smallest 224-px set held in memory")
     p.add_argument("--data", default="/tmp/scale")
     p.add_argument("--out", default=str(RESULT))
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of the whole script")
@@ -153,12 +160,17 @@ def main() -> None:
     data, cache = Path(args.data), Path(args.data) / "cache"
     t_start = time.time()
     cases = []
-    for n in [int(v) for v in args.sizes.split(",")]:
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    if not sizes and Path(args.out).is_file():  # --sizes "": rerun the comparison only, keep the cases
+        cases = json.loads(Path(args.out).read_text())["cases"]
+    for n in sizes:
         t = time.perf_counter()
         npz = generate(data / f"{NAME}_{args.px}_{n}.npz", n, args.px)
         gen_s = time.perf_counter() - t
-        rec = run_case(npz, args.px, "store", cache, data)
+        rec = run_case(npz, args.px, "store", cache, data, args.model, args.truncate)
         cases.append({**rec, "npz_gb": round(npz.stat().st_size / 2**30, 2), "generate_s": round(gen_s, 1)})
+        if args.memory_contrast and n == min(sizes):  # what holding it whole costs
+            cases.append(run_case(npz, args.px, "memory", cache, data, args.model, args.truncate))
     npz = generate(data / f"{NAME}_{args.compare_px}_{args.compare_n}.npz", args.compare_n, args.compare_px)
     runs = {"memory": [], "store": []}
     for _ in range(args.reps):  # alternated, so drifts of the machine hit both paths alike
@@ -171,7 +183,9 @@ def main() -> None:
     result = {
         "benchmark": "scale", "date": time.strftime("%Y-%m-%d"), "machine": machine(),
         "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:]),
-        "model": "cnn5, 1 epoch, batch 128, fp32, then evaluation of train/val/test",
+        "model": "1 epoch, batch 128, fp32, then evaluation of train/val/test; "
+                 + (f"{args.px}-px cases: {args.model} truncated by {args.truncate}; " if args.model else "")
+                 + "comparison: cnn5",
         "cases": cases,
         "stream_vs_memory": round(med["store"] / med["memory"], 3),
         "stream_vs_memory_detail": {"n_train": args.compare_n, "size": args.compare_px, "runs": runs,
