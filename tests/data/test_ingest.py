@@ -269,3 +269,25 @@ def test_cache_info_and_clear_cover_partial_and_old_entries(tmp_path, chest):
     assert rows["complete"]["images"] == {"train": 80, "val": 8, "test": 80}
     assert rows["old-format"]["bytes"] == 12
     assert cache_clear(cache) == 5 and list(cache.iterdir()) == []  # store, its lock, partial, 2 old files
+
+
+def test_a_split_left_empty_by_skip_bad_is_an_empty_array(tmp_path):
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls, v in (("a", 40), ("b", 200)):
+            for k in range(3):
+                (root / split / cls).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((20, 30), v + k, np.uint8)).save(root / split / cls / f"{k}.png")
+    (root / "val" / "a").mkdir(parents=True)
+    (root / "val" / "a" / "bad.png").write_bytes(b"not an image")
+    for cache_dir in (tmp_path / "cache", None):
+        with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+            ds = load_folder(root, size=8, skip_bad=True, cache_dir=cache_dir)
+        assert len(ds["val"]) == 0 and tuple(ds["val"].images.shape) == (0, 1, 8, 8)
+        assert tuple(ds["val"].labels.shape) == (0, 1) and len(ds["train"]) == 6
+    # nothing left to train on: the error of today, and no chunks kept (other settings decode in another order)
+    for f in (root / "train").rglob("*.png"):
+        f.write_bytes(b"broken too")
+    with pytest.warns(UserWarning), pytest.raises(MedbenchError, match="no training images left after splitting"):
+        load_folder(root, size=8, skip_bad=True, cache_dir=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.partial"))

@@ -320,7 +320,8 @@ def ingest(store: str | os.PathLike, partial: str | os.PathLike, root: str | os.
            label: str = "", source: str | os.PathLike | None = None) -> None:
     """Decode ``order`` (``(split, path under root, label)`` in split order) into the complete store ``store``.
 
-    ``on_bad(bad)`` gets the unreadable files ``[(path, reason)]`` once all are decoded (and raises, or warns).
+    ``on_bad(bad)`` gets the unreadable files ``[(path, reason)]`` once all are decoded (and raises, or warns; the
+    chunks stay for a rerun with ``skip_bad``).
     ``describe(files per split, bad, channels)`` returns ``finish_store``'s keywords (name, task, class_names,
     source, meta) and may raise (e.g. no training images left). ``channels`` None: 1 when every kept image is
     grey, else 3. ``meta["ingest"]`` records how the chunks were made (files decoded now, reused, workers, s).
@@ -337,7 +338,11 @@ def ingest(store: str | os.PathLike, partial: str | os.PathLike, root: str | os.
     if channels is None:
         channels = 1 if bool(dec.grey[keep].all()) else 3
     files = {s: [order[i][1] for i in np.flatnonzero(keep) if order[i][0] == s] for s in SPLITS}
-    info = describe(files, bad, channels)
+    try:
+        info = describe(files, bad, channels)
+    except BaseException:  # e.g. no training images left: other settings decode in another order, so drop them
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     labels = np.array([y if isinstance(y, (tuple, list)) else [y] for _, _, y in order], dtype=np.int64)
     labels = labels.reshape(dec.n, -1) if dec.n else np.zeros((0, 1), np.int64)
     remove_store(store)  # an unfinished earlier attempt
