@@ -585,7 +585,7 @@ def _cmd_cache(args) -> None:
     from medbench.data.cache import cache_clear, cache_info, default_cache_dir
 
     if args.action == "clear":
-        print(f"removed {cache_clear()} file(s) from {default_cache_dir()}")
+        print(f"removed {cache_clear()} entry(ies) from {default_cache_dir()}")
         return
     rows = cache_info()
     if args.json:

@@ -288,7 +288,8 @@ class SplitWriter:
         self.images.write(block)
 
     def close(self, labels: np.ndarray) -> None:
-        labels = np.asarray(labels, dtype=np.int64).reshape(self.n, -1)
+        labels = np.asarray(labels, dtype=np.int64)
+        labels = labels.reshape(self.n, labels.shape[-1] if labels.ndim == 2 else 1)  # also for an empty split
         self.images.close()
         with ArrayWriter(self.folder / f"{self.split}.labels.npy", labels.shape, np.int64) as w:
             w.write(labels)
