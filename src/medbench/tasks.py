@@ -20,6 +20,23 @@ def from_medmnist_task(task: str) -> str:
     return _MEDMNIST[task]
 
 
+def decide(scores, task: str, threshold: float = 0.5):
+    """The decision rule, the one place it lives: scores (numpy or torch, [N, C]) -> decided labels.
+
+    - binary: class 1 when P(class 1) (the last column) > ``threshold`` (0.5, or the run's validation-chosen
+      threshold); returns [N] class indices;
+    - multi-label: each label 1 when its probability > ``threshold`` (0.5 in MedMNIST); returns [N, L] 0/1;
+    - multi-class and ordinal: the argmax; returns [N] class indices.
+    """
+    if task not in TASKS:
+        raise MedbenchError(f"unknown task '{task}'; valid: {', '.join(TASKS)}")
+    if task == "binary":
+        return (scores[:, -1] > threshold) * 1
+    if task == "multilabel":
+        return (scores > threshold) * 1
+    return scores.argmax(1)
+
+
 class Task:
     """Single-label classification with softmax cross-entropy (binary, multi-class, ordinal with ``ce``)."""
 
@@ -39,9 +56,9 @@ class Task:
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=1)
 
-    def predict(self, scores: torch.Tensor) -> torch.Tensor:
-        """Predicted class per sample (argmax), or a 0/1 matrix for multi-label tasks."""
-        return scores.argmax(dim=1)
+    def decide(self, scores, threshold: float = 0.5):
+        """Decided labels for these scores: :func:`decide` for this task."""
+        return decide(scores, self.name, threshold)
 
 
 class MultiLabelTask(Task):
@@ -61,8 +78,6 @@ class MultiLabelTask(Task):
     def scores(self, logits):
         return logits.float().sigmoid()
 
-    def predict(self, scores):
-        return (scores > 0.5).long()
 
 
 class CornTask(Task):

@@ -231,7 +231,7 @@ def quality(generator_dir: str | Path, ds: ImageDataset, *, epochs: int = 10, pe
     def predicted(images):
         images = images if on_disk(images) else images.to(dev)  # predict_logits copies disk batches to dev
         split = type(ds["test"])(images, torch.zeros(len(images), 1, dtype=torch.long))
-        return task.predict(task.scores(predict_logits(judge, split, prep, 256))).flatten()
+        return torch.as_tensor(task.decide(task.scores(predict_logits(judge, split, prep, 256)))).flatten()
 
     fake_pred = predicted(fake)
     test_pred = predicted(ds["test"].images)

@@ -1,0 +1,52 @@
+"""The names in a run directory, and the paths built from them: the one place they are spelled out.
+
+A run directory (made by ``medbench train``)::
+
+    config.yaml            the RunConfig, then its provenance block (versions, data md5, device, start time)
+    dataset.json           DataSpec: task, class names, channels, size (what inference needs, without the data)
+    model.safetensors      the selected epoch's weights
+    history.csv            one row per epoch
+    metrics.json           every split's metrics (+ threshold, gap, evaluation settings)
+    predictions/SPLIT.csv  MedMNIST evaluator format: index, then one score per class
+    MODEL_CARD.md, model_card.json, report.html, tb/, leakage.json, skipped.json
+    checkpoints/           --keep-checkpoints: the K best epochs and index.json
+    members/NN/            --members: one ordinary run directory per network
+    resume.safetensors     while training: the state to continue from (removed when the run finishes)
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from medbench.errors import MedbenchError
+
+CONFIG, WEIGHTS, METRICS, HISTORY = "config.yaml", "model.safetensors", "metrics.json", "history.csv"
+DATA_SPEC = "dataset.json"
+PREDICTIONS = "predictions"
+CHECKPOINTS, CHECKPOINT_INDEX, MEMBERS = "checkpoints", "index.json", "members"
+RESUME = "resume.safetensors"  # the last saved training state; removed when the run finishes
+CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
+REPORT = "report.html"
+TENSORBOARD = "tb"
+SKIPPED, LEAKAGE = "skipped.json", "leakage.json"
+# what a finished run shows a user, in the order the CLI lists it
+SHOWN_FILES = (METRICS, REPORT, CARD_MD, PREDICTIONS + "/", HISTORY, TENSORBOARD + "/")
+
+
+def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
+    return Path(run_dir) / PREDICTIONS / f"{split}.csv"
+
+
+def require_run_dir(run_dir: str | os.PathLike, command: str = "this command") -> Path:
+    """``run_dir`` as a Path when it is a run directory; else one clear error."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MedbenchError(f"{run_dir} is not a folder; give {command} a run directory (made by medbench train)")
+    if not (run_dir / CONFIG).is_file():
+        raise MedbenchError(f"{run_dir} is not a run directory ({CONFIG} missing)")
+    return run_dir
+
+
+def member_dirs(run_dir: str | os.PathLike, members: int) -> list[Path]:
+    """The run directories of a deep ensemble's members (``members/00`` ...); empty for one network."""
+    return [Path(run_dir) / MEMBERS / f"{i:02d}" for i in range(members)] if members > 1 else []

@@ -1,0 +1,143 @@
+"""Reading and writing what a run directory records: the data spec, predictions, metrics, provenance."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medbench.config import PROVENANCE_KEY
+from medbench.errors import MedbenchError
+from medbench.fileio import read_json, write_json, write_text
+from medbench.rundir.layout import (CHECKPOINT_INDEX, CHECKPOINTS, CONFIG, DATA_SPEC, METRICS, RESUME, WEIGHTS,
+                                    member_dirs)
+
+
+@dataclass
+class DataSpec:
+    """What a model needs to know about its data, without the data (duck-types ImageDataset for building)."""
+    name: str
+    task: str
+    class_names: list[str]
+    in_chans: int
+    size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def data_spec(ds) -> DataSpec:
+    return DataSpec(ds.name, ds.task, [str(c) for c in ds.class_names], int(ds.in_chans), int(ds.size))
+
+
+def write_data_spec(run_dir: str | os.PathLike, ds) -> None:
+    write_json(Path(run_dir) / DATA_SPEC, asdict(data_spec(ds)))
+
+
+def read_data_spec(run_dir: str | os.PathLike) -> DataSpec | None:
+    """dataset.json; None for runs made before it existed (rebuild it from the run's dataset)."""
+    path = Path(run_dir) / DATA_SPEC
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return DataSpec(str(d["name"]), str(d["task"]), [str(c) for c in d["class_names"]], int(d["in_chans"]),
+                        int(d["size"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise MedbenchError(f"{path}: damaged ({type(e).__name__}: {e}); delete it to rebuild it from the "
+                            f"run's dataset") from None
+
+
+def write_predictions(path: Path, scores: np.ndarray) -> None:
+    """MedMNIST standard evaluation format: no header; index, then one score per class (exact float64)."""
+    buf = io.StringIO()
+    table = np.column_stack([np.arange(len(scores)), scores])
+    np.savetxt(buf, table, delimiter=",", fmt=["%d"] + ["%.17g"] * scores.shape[1])
+    write_text(path, buf.getvalue())
+
+
+def read_predictions(path: Path) -> np.ndarray:
+    """Scores from a MedMNIST-format predictions file (no header; index, then one column per class), in index
+    order; the indices must be 0 .. N-1, each once."""
+    path = Path(path)
+    run = path.parent.parent
+    if not path.is_file():
+        raise MedbenchError(f"{path} not found: run `medbench evaluate {run}` first")
+    fix = f"delete it and run `medbench evaluate {run}` to rewrite it"
+    try:
+        table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+    except (ValueError, UnicodeDecodeError) as e:  # text, a ragged row, not UTF-8
+        why = " ".join(str(e).split())[:200]
+        raise MedbenchError(f"{path}: damaged predictions ({why}); {fix}") from None
+    if table.shape[1] < 2 or not np.isfinite(table).all():
+        raise MedbenchError(f"{path}: damaged predictions (expected an index and finite scores per row); {fix}")
+    order = np.argsort(table[:, 0], kind="stable")
+    if not np.array_equal(table[order, 0], np.arange(len(table))):
+        raise MedbenchError(f"{path}: damaged predictions (the indices are not 0..{len(table) - 1}, each once); "
+                            f"{fix}")
+    return table[order, 1:]
+
+
+def read_metrics(run_dir: str | os.PathLike, missing_ok: bool = False) -> dict:
+    """metrics.json ({} when absent and ``missing_ok``); a damaged file is one clear error."""
+    path = Path(run_dir) / METRICS
+    if missing_ok and not path.is_file():
+        return {}
+    return read_json(path, METRICS, f"delete it and run `medbench evaluate {run_dir}` to recompute it")
+
+
+def write_metrics(run_dir: str | os.PathLike, metrics: dict) -> None:
+    write_json(Path(run_dir) / METRICS, metrics)
+
+
+def read_provenance(run_dir: str | os.PathLike) -> dict:
+    """The provenance block saved after the config (versions, data md5, device, ...); {} when absent."""
+    import yaml
+
+    data = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8")) or {}
+    provenance = data.get(PROVENANCE_KEY) if isinstance(data, dict) else None
+    return provenance if isinstance(provenance, dict) else {}
+
+
+def recorded_md5(run_dir: str | os.PathLike) -> str | None:
+    """The md5 of the data the run was trained on, as recorded in its provenance."""
+    return read_provenance(run_dir).get("data_md5")
+
+
+def unfinished(run_dir: str | os.PathLike) -> str | None:
+    """How far a killed run got ("stopped after epoch 3 of 10"), or None for a finished run."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / RESUME
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = json.loads(f.metadata()["medbench_resume"])
+        return f"stopped after epoch {int(state['epoch'])} of {int(state['config']['epochs'])}"
+    except Exception:  # a damaged resume file still says the run did not finish
+        return f"killed during training ({RESUME} left behind)"
+
+
+def kept_checkpoints(run_dir: str | os.PathLike, k: int) -> list[Path]:
+    """The files of the ``k`` best kept checkpoints, best first; a clear error when fewer were kept."""
+    index = Path(run_dir) / CHECKPOINTS / CHECKPOINT_INDEX
+    entries = read_json(index, CHECKPOINT_INDEX, "restore it from a backup, or evaluate without --ensemble",
+                        kind=list) if index.is_file() else []
+    if len(entries) < k:
+        raise MedbenchError(f"{run_dir} kept {len(entries)} checkpoint(s) but --ensemble {k} needs {k}: retrain with "
+                            f"--keep-checkpoints {k}")
+    return [index.parent / e["file"] for e in entries[:k]]
+
+
+def model_weights(run_dir: str | os.PathLike, cfg, ensemble: int | None = None) -> list[Path]:
+    """The weights files whose probabilities make the run's predictions: a deep ensemble's members, else the
+    ``ensemble`` (default: the config's) best kept checkpoints, else the best epoch."""
+    ensemble = cfg.ensemble if ensemble is None else ensemble
+    if cfg.members > 1:
+        return [d / WEIGHTS for d in member_dirs(run_dir, cfg.members)]
+    return kept_checkpoints(run_dir, ensemble) if ensemble > 1 else [Path(run_dir) / WEIGHTS]
