@@ -10,9 +10,7 @@ provenance). A missing or older-format piece leaves a note in its section instea
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import math
 from datetime import datetime, timezone
@@ -24,6 +22,9 @@ import numpy as np
 from medbench.errors import MedbenchError
 from medbench.fileio import write_text
 from medbench.report import figures as F
+from medbench.report.html import CSS, fmt, fmt_ci
+# private aliases: study/report.py still imports these names from here
+from medbench.report.html import escape as _e, note as _note, png_img as _png_img, table as _table  # noqa: E501
 
 REPORT = "report.html"
 SPLIT_ORDER = ("train", "val", "test")
@@ -40,32 +41,6 @@ N_CAM = 8
 
 
 # ---- formatting ----
-
-def fmt(v: Any, digits: int = 3) -> str:
-    """A metric value for display: ints as they are, floats with ``digits`` decimals, null / NaN as n/a."""
-    if v is None or isinstance(v, str) and not v.strip():
-        return "n/a"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return "n/a" if not math.isfinite(v) else f"{float(v):.{digits}f}"
-    return str(v)
-
-
-def fmt_ci(v: Any, ci: Any = None, digits: int = 3) -> str:
-    """``0.912 (0.880–0.940)`` when a two-number CI exists, else the value alone."""
-    text = fmt(v, digits)
-    if text == "n/a" or not isinstance(ci, (list, tuple)) or len(ci) != 2:
-        return text
-    lo, hi = fmt(ci[0], digits), fmt(ci[1], digits)
-    return text if "n/a" in (lo, hi) else f"{text} ({lo}–{hi})"
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
 
 def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, (int, float, str, bool, np.integer, np.floating))
@@ -87,46 +62,6 @@ def _metric_keys(records: Iterable[dict]) -> list[str]:
 
 
 # ---- HTML pieces ----
-
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2530;
-background:#f6f7f9;line-height:1.45}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff;box-shadow:0 0 12px #0001}
-h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:32px 0 10px;padding-bottom:4px;
-border-bottom:2px solid #e3e6ea}h3{font-size:1.05em;margin:18px 0 6px}
-.meta{color:#555;font-size:.92em}.meta code{font-size:.95em}
-nav{margin:14px 0;font-size:.9em}nav a{margin-right:12px;color:#2b5d9b;text-decoration:none}
-table{border-collapse:collapse;margin:8px 0 12px;font-size:.9em}
-th,td{border:1px solid #d9dde3;padding:4px 10px;text-align:right}th{background:#eef1f5}
-td:first-child,th:first-child{text-align:left}tbody tr:nth-child(even){background:#fafbfc}
-code{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.85em;color:#555}
-pre{background:#f3f4f6;padding:10px 14px;overflow:auto;font-size:.82em;border:1px solid #e1e4e8}
-figure{display:inline-block;margin:6px 14px 10px 0;vertical-align:top}
-figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
-table.kv td{text-align:left;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.92em}
-.note{color:#8a5a00;background:#fff7e6;border-left:3px solid #f0b400;padding:4px 10px;font-size:.9em}
-"""
-
-
-def _png_img(fig, name: str, caption: str) -> str:
-    data = base64.b64encode(F.figure_to_png(fig)).decode("ascii")
-    return (f'<figure><img data-figure="{_e(name)}" alt="{_e(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str | None = None,
-           css_class: str | None = None) -> str:
-    """``header`` and ``rows`` are HTML already (escape before)."""
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    ident = (f' id="{_e(table_id)}"' if table_id else "") + (f' class="{_e(css_class)}"' if css_class else "")
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
 
 def _metric_table(records: dict[str, dict], table_id: str) -> str:
     """Rows: metrics; columns: splits. Cells carry ``data-split`` / ``data-metric`` for tools and tests."""
