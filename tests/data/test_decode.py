@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medbench.data import decode
+from medbench.data import headers, pixels
 from medbench.data.decode import MAX_PIXELS, convert_channels, decode_fitted, decode_image, resize_square
 from medbench.data.dicom import read_dicom
 from medbench.errors import MedbenchError
@@ -109,7 +109,7 @@ def test_decompression_bomb_refused_from_header(tmp_path, monkeypatch):
     with pytest.raises(MedbenchError, match=r"big.png: declared size 9000x9000"):
         decode_image(tmp_path / "big.png")
     Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / "small.png")
-    monkeypatch.setattr(decode, "MAX_PIXELS", 100)
+    monkeypatch.setattr(headers, "MAX_PIXELS", 100)
     with pytest.raises(MedbenchError, match="small.png: declared size 30x30"):
         decode_image(tmp_path / "small.png")
 
@@ -196,7 +196,7 @@ def test_jpeg_draft_is_used_only_where_it_is_exact(tmp_path, monkeypatch):
 
 
 def test_wide_data_stretch_matches_float64_in_blocks(tmp_path, monkeypatch):
-    monkeypatch.setattr(decode, "CHUNK", 7)  # many blocks and bands, odd boundaries
+    monkeypatch.setattr(pixels, "CHUNK", 7)  # many blocks and bands, odd boundaries
     v = np.random.default_rng(2).normal(0, 1000, (13, 11)).astype(np.float32)
     Image.fromarray(v, mode="F").save(tmp_path / "f.tif")
     want = np.rint((v.astype(np.float64) - v.min()) * (255.0 / (float(v.max()) - float(v.min())))).astype(np.uint8)

@@ -5,7 +5,7 @@ Decoding rules (the same for every source that reads image files):
 * PNG, JPEG, BMP, TIFF and GIF through Pillow (no other Pillow format is opened); DICOM (``.dcm``/``.dicom`` or
   the ``DICM`` magic) through :mod:`medbench.data.dicom`.
 * Every file is bounded before it is decoded: its header's width, height and frame count are read first
-  (:func:`header_info`), and a file declaring more than :data:`MAX_PIXELS` pixels (or a caller's
+  (:func:`header_info`; limits and header parsing in :mod:`medbench.data.headers`), and a file declaring more than :data:`MAX_PIXELS` pixels (or a caller's
   ``max_pixels``), a side over :data:`MAX_SIDE`, or more than one frame is refused. PNG and JPEG headers are
   parsed here (so a 10^10-pixel bomb is named with its size), the others by Pillow's or pydicom's header reader.
 * Multi-frame files (multi-page TIFF, animated GIF or PNG, multi-frame DICOM) are refused with the frame count:
@@ -15,7 +15,7 @@ Decoding rules (the same for every source that reads image files):
 * Palette images become RGB (or grey when the palette is grey); alpha channels are dropped (LA -> L, RGBA -> RGB).
 * 16-bit, 32-bit and float images (PNG ``I;16``, TIFF ``I``/``F``) are scaled to 8 bits by the image's **own
   min/max** (a linear stretch; a constant image becomes all zeros). This suits medical 16-bit PNGs that hold 10-
-  or 12-bit data, which ``>> 8`` would turn almost black; the price is that absolute intensities are not kept
+  or 12-bit data, which ``>> 8`` would turn almost black (:mod:`medbench.data.pixels`); the price is that absolute intensities are not kept
   across images. NaN or infinite values are an error, never a black image.
 * ``channels=None`` keeps the file's own channels, except that an RGB image whose three channels are equal
   everywhere is returned as grey (one channel). ``channels=1`` converts RGB with the ITU-R 601 luma weights
@@ -35,222 +35,34 @@ file (one byte per pixel and channel; 16-bit and float data are stretched to 8 b
 """
 from __future__ import annotations
 
-import math
 import os
-import struct
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from medbench.data.dicom import dicom_header, read_dicom
+# the limits, header checks, errors and pixel mapping live below DICOM (so that it needs nothing from here); they
+# are re-exported because callers import them from this module
+from medbench.data.headers import (DICOM_SUFFIXES, MAX_PIXELS, MAX_SIDE, PIL_FORMATS, ImageHeader,
+                                   NonFinitePixels, cannot_decode, check_header, decode_errors, is_dicom,
+                                   multi_frame, pil_header, png_jpeg_size, too_large)
+from medbench.data.pixels import (CHUNK, check_channels, convert_channels, finite_range, is_grey,
+                                  map_blocks, stretch, to_uint8, wide_to_l)
 from medbench.errors import MedbenchError
 
-MAX_PIXELS = 8192 * 8192  # per image; larger declared sizes are refused before decoding
-MAX_SIDE = 1 << 17  # Lanczos weight tables grow with the longest side (about 48 bytes per pixel of it)
-DICOM_SUFFIXES = (".dcm", ".dicom")
-PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF")  # Pillow opens nothing else (a smaller attack surface)
-CHUNK = 1 << 20  # elements per float64 block when mapping wide data to 8 bits (8 MB)
-_FIX = "check that the file is a complete PNG, JPEG, BMP, TIFF, GIF or DICOM image, re-export or remove it"
-_MAX_REASON = 300  # characters of a library's message kept in ours
+__all__ = [
+    "decode_image", "decode_fitted", "resize_square", "header_info", "header_size", "check_pixels", "DRAFT_FACTOR",
+    # re-exported from medbench.data.headers and medbench.data.pixels
+    "DICOM_SUFFIXES", "MAX_PIXELS", "MAX_SIDE", "PIL_FORMATS", "ImageHeader", "NonFinitePixels", "cannot_decode",
+    "check_header", "decode_errors", "is_dicom", "multi_frame", "too_large", "CHUNK", "convert_channels",
+    "finite_range", "is_grey", "map_blocks", "stretch", "to_uint8",
+]
+
 DRAFT_FACTOR = 2  # a JPEG draft keeps both sides >= this x the output size (see decode_fitted)
 
 
-@dataclass(frozen=True)
-class ImageHeader:
-    """What a file's header declares: read without decoding pixels."""
-    width: int
-    height: int
-    frames: int = 1
-
-
-class NonFinitePixels(ValueError):
-    """NaN or infinity among the pixel values (float TIFF, DICOM after rescale)."""
-
-
-def cannot_decode(path, reason: str) -> MedbenchError:
-    reason = " ".join(str(reason).split())  # library messages may span lines; ours is one
-    if len(reason) > _MAX_REASON:
-        reason = reason[:_MAX_REASON - 3] + "..."
-    return MedbenchError(f"{path}: cannot decode ({reason}); {_FIX}")
-
-
-def too_large(path, width: int, height: int, limit: int | None = None) -> MedbenchError:
-    limit = MAX_PIXELS if limit is None else limit
-    name = " (medbench.data.decode.MAX_PIXELS)" if limit == MAX_PIXELS else ""
-    return MedbenchError(f"{path}: declared size {width}x{height} ({width * height} pixels) exceeds the limit of "
-                         f"{limit} pixels{name}; downscale the image first")
-
-
-def multi_frame(path, frames: int) -> MedbenchError:
-    return MedbenchError(f"{path}: a multi-frame image ({frames} frames); medbench reads single 2D images, so "
-                         f"export the frame you want as its own file")
-
-
-def check_header(path, head: ImageHeader, max_pixels: int | None = None) -> ImageHeader:
-    """Refuse an empty or too large declared size (pixels, or one side over MAX_SIDE) and multi-frame files."""
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
-    w, h = head.width, head.height
-    if w < 1 or h < 1:
-        raise cannot_decode(path, f"declared size {w}x{h} is empty")
-    if w * h > limit:
-        raise too_large(path, w, h, limit)
-    if max(w, h) > MAX_SIDE:
-        raise MedbenchError(f"{path}: declared size {w}x{h} exceeds the limit of {MAX_SIDE} pixels per side "
-                            f"(medbench.data.decode.MAX_SIDE); crop or downscale the image first")
-    if head.frames > 1:
-        raise multi_frame(path, head.frames)
-    return head
-
-
-@contextmanager
-def decode_errors(path):
-    """Any failure while reading ``path`` becomes one MedbenchError naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        yield
-    except MedbenchError:
-        raise
-    except FileNotFoundError:
-        raise MedbenchError(f"{path}: file not found; check the path") from None
-    except (PermissionError, IsADirectoryError) as e:
-        raise MedbenchError(f"{path}: cannot be read ({e.strerror or e}); check the path and its permissions") from None
-    except MemoryError:
-        raise cannot_decode(path, "out of memory while decoding") from None
-    except Image.DecompressionBombError as e:
-        raise MedbenchError(f"{path}: refused as a possible decompression bomb ({e}); downscale the image "
-                            f"first") from None
-    except UnidentifiedImageError:
-        raise cannot_decode(path, "not a recognised image format") from None
-    except NonFinitePixels as e:
-        raise cannot_decode(path, str(e)) from None
-    except Exception as e:  # noqa: BLE001 - Pillow, pydicom and numpy raise many types; each means a bad file
-        raise cannot_decode(path, f"{type(e).__name__}: {e}") from e
-
-
-def is_dicom(path: str | os.PathLike) -> bool:
-    """By suffix, or by the ``DICM`` magic at byte 128 of the file."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-# ---- 8-bit mapping in bounded blocks --------------------------------------------------------------------------
-
-def map_blocks(a: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """uint8 array shaped like ``a``: ``fn`` maps float64 blocks of CHUNK values to 0..255 (never a full-size
-    float64 copy)."""
-    out = np.empty(a.shape, np.uint8)
-    src, dst = np.ascontiguousarray(a).reshape(-1), out.reshape(-1)
-    for i in range(0, src.size, CHUNK):
-        dst[i:i + CHUNK] = fn(src[i:i + CHUNK].astype(np.float64))
-    return out
-
-
-def finite_range(a: np.ndarray) -> tuple[float, float]:
-    """(min, max) of ``a``; NaN or infinity raise :class:`NonFinitePixels` (min/max propagate NaN)."""
-    lo, hi = float(a.min()), float(a.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise NonFinitePixels("pixel values include NaN or infinity")
-    return lo, hi
-
-
-def stretch(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Linear map of [lo, hi] onto 0..255 (all zeros when hi <= lo)."""
-    if not hi > lo:
-        return np.zeros(a.shape, np.uint8)
-    k = 255.0 / (hi - lo)
-    return map_blocks(a, lambda v: np.rint((v - lo) * k).clip(0, 255))
-
-
-def to_uint8(a: np.ndarray) -> np.ndarray:
-    """Linear min/max stretch of any numeric array to 0..255 (uint8 input is returned as is)."""
-    if a.dtype == np.uint8:
-        return a
-    return stretch(a, *finite_range(a))
-
-
-def is_grey(img: np.ndarray) -> bool:
-    """One channel, or three equal channels."""
-    if img.shape[-1] == 1:
-        return True
-    return bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
-
-
-def _check_channels(channels) -> None:
-    if channels not in (None, 1, 3):
-        raise MedbenchError(f"channels must be 1, 3 or None (the file's own), not {channels}")
-
-
-def convert_channels(img: np.ndarray, channels: int | None) -> np.ndarray:
-    """uint8 ``[H, W, 1|3]`` -> ``[H, W, channels]`` (None: grey-looking RGB collapses to one channel)."""
-    _check_channels(channels)
-    c = img.shape[-1]
-    if channels is None:
-        return img[..., :1].copy() if c == 3 and is_grey(img) else img
-    if c == channels:
-        return img
-    if channels == 3:
-        return np.repeat(img, 3, axis=-1)
-    # ITU-R 601-2 luma, rounded like Pillow's convert("L"); in row blocks (no full-size float64 copy)
-    out = np.empty(img.shape[:2] + (1,), np.uint8)
-    rows = max(1, CHUNK // max(1, img.shape[1]))
-    for y in range(0, img.shape[0], rows):
-        rgb = img[y:y + rows].astype(np.float64)
-        out[y:y + rows, :, 0] = np.rint(rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).clip(0, 255)
-    return out
-
-
 # ---- headers ----------------------------------------------------------------------------------------------------
-
-def _png_jpeg_size(path) -> tuple[int, int] | None:
-    """(width, height) declared in a PNG or JPEG header, parsed here; None for other formats."""
-    with open(path, "rb") as f:
-        head = f.read(32)
-        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-            return struct.unpack(">II", head[16:24])
-        if head[:2] != b"\xff\xd8":
-            return None
-        f.seek(2)
-        while True:  # walk the JPEG marker segments up to the first start-of-frame
-            b = f.read(1)
-            while b and b != b"\xff":
-                b = f.read(1)
-            while b == b"\xff":
-                b = f.read(1)
-            if not b:
-                return None
-            marker = b[0]
-            if marker in (0x01, *range(0xD0, 0xD9)):  # TEM, RSTn, SOI: no length
-                continue
-            seg = f.read(2)
-            if len(seg) < 2:
-                return None
-            length = struct.unpack(">H", seg)[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                sof = f.read(5)
-                if len(sof) < 5:
-                    return None
-                height, width = struct.unpack(">HH", sof[1:5])
-                return width, height
-            if marker == 0xD9 or length < 2:
-                return None
-            f.seek(length - 2, os.SEEK_CUR)
-
-
-def _pil_header(im) -> ImageHeader:
-    # MPO side images (a phone's preview or depth map) are not frames of the picture
-    frames = 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1) or 1)
-    return ImageHeader(im.width, im.height, frames)
-
 
 def header_info(path: str | os.PathLike) -> ImageHeader:
     """Width, height and frame count declared by any accepted format, read without decoding pixels.
@@ -262,13 +74,11 @@ def header_info(path: str | os.PathLike) -> ImageHeader:
     path = Path(path)
     with decode_errors(path):
         if is_dicom(path):
-            from medbench.data.dicom import dicom_header
-
             return dicom_header(path)
-        declared = _png_jpeg_size(path)
+        declared = png_jpeg_size(path)
         try:
             with Image.open(path, formats=PIL_FORMATS) as im:
-                return _pil_header(im)
+                return pil_header(im)
         except Image.DecompressionBombError:
             if declared is None:
                 raise
@@ -310,25 +120,6 @@ def _jpeg_has_eoi(path: Path, tail: int = 4096) -> bool:
         return b"\xff\xd9" in f.read()
 
 
-def _wide_to_l(im):
-    """16-bit, 32-bit or float Pillow image -> "L" by its own min/max, in row bands (no full-size copies)."""
-    from PIL import Image
-
-    w, h = im.size
-    rows = max(1, CHUNK // w)
-    bands = [(y, min(y + rows, h)) for y in range(0, h, rows)]
-
-    def band(y0, y1):
-        return np.asarray(im.crop((0, y0, w, y1)))
-
-    ranges = [finite_range(band(*b)) for b in bands]
-    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    out = np.empty((h, w), np.uint8)
-    for y0, y1 in bands:
-        out[y0:y1] = stretch(band(y0, y1), lo, hi)
-    return Image.fromarray(out)
-
-
 def _to_8bit(im):
     """Any Pillow mode -> "L" or "RGB" (palettes to RGB, alpha dropped, wide data stretched)."""
     mode = im.mode
@@ -341,7 +132,7 @@ def _to_8bit(im):
     if mode == "PA":
         return im.convert("RGBA").convert("RGB")
     if mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16L, I, F
-        return _wide_to_l(im)
+        return wide_to_l(im)
     return im.convert("RGB")  # P, RGBA, RGBX, RGBa, CMYK, YCbCr, LAB, HSV
 
 
@@ -361,11 +152,11 @@ def _with_pil(path: Path, max_pixels: int | None, finish: Callable, draft: int |
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise MedbenchError(f"{path}: PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True, which would let truncated files "
                             f"decode as partial images; set it back to False before loading data")
-    declared = _png_jpeg_size(path)
+    declared = png_jpeg_size(path)
     if declared is not None:  # before Pillow sees it: our message names the size
         check_header(path, ImageHeader(*declared), max_pixels)
     with Image.open(path, formats=PIL_FORMATS) as im:  # reads the header only
-        check_header(path, _pil_header(im), max_pixels)
+        check_header(path, pil_header(im), max_pixels)
         drafted = None
         # only upright files: a flip would move libjpeg's partial edge pixel to the other side of the box
         if draft and im.format == "JPEG" and _upright(im):
@@ -400,11 +191,9 @@ def decode_image(path: str | os.PathLike, channels: int | None = None, max_pixel
     To prepare model input, :func:`decode_fitted` is cheaper.
     """
     path = Path(path)
-    _check_channels(channels)
+    check_channels(channels)
     with decode_errors(path):
         if is_dicom(path):
-            from medbench.data.dicom import read_dicom
-
             img = read_dicom(path, max_pixels)
         else:
             img = _with_pil(path, max_pixels, lambda im, _: _as_hwc(im))
@@ -426,12 +215,10 @@ def decode_fitted(path: str | os.PathLike, size: int, mode: str = "pad", channel
     image borders by up to 25 (``benchmarks/results/ingest-speed.json``). ``draft=False`` decodes every pixel.
     """
     path = Path(path)
-    _check_channels(channels)
+    check_channels(channels)
     _check_fit(size, mode)
     with decode_errors(path):
         if is_dicom(path):
-            from medbench.data.dicom import read_dicom
-
             img = _as_hwc(_fit(_from_hwc(read_dicom(path, max_pixels)), size, mode))
         else:
             need = DRAFT_FACTOR * size if draft else None

@@ -1,7 +1,7 @@
 """One DICOM file -> a uint8 ``[H, W, C]`` array (C = 1 for greyscale, 3 for colour).
 
 Before any pixel is decoded, the header's Rows x Columns, NumberOfFrames and SamplesPerPixel are checked
-(:func:`medbench.data.decode.check_header`): too large, multi-frame or not 1/3 samples is refused.
+(:func:`medbench.data.headers.check_header`): too large, multi-frame or not 1/3 samples is refused.
 
 Greyscale pipeline, in this order:
 
@@ -14,7 +14,7 @@ Greyscale pipeline, in this order:
    * else a linear stretch from the image's own min/max onto 0..255;
 4. ``MONOCHROME1`` (high value = dark) is inverted, so that in the result high = bright.
 
-Steps 2-3 run in float64 blocks of :data:`medbench.data.decode.CHUNK` values, never on a full-size float copy.
+Steps 2-3 run in float64 blocks of :data:`medbench.data.pixels.CHUNK` values, never on a full-size float copy.
 A value that is NaN or infinite after the rescale is an error, as is a header value that should be a number and
 is not (RescaleSlope, RescaleIntercept, WindowCenter, WindowWidth, Rows, Columns, NumberOfFrames...). Any
 pydicom failure (unknown VR, unsupported transfer syntax, damaged pixel data) is one error naming the file;
@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medbench.data.decode import (ImageHeader, NonFinitePixels, cannot_decode, check_header, decode_errors,
-                                  finite_range, map_blocks, to_uint8)
+from medbench.data import headers
+from medbench.data.headers import ImageHeader, NonFinitePixels, cannot_decode, check_header, decode_errors
+from medbench.data.pixels import finite_range, map_blocks, to_uint8
 from medbench.errors import MedbenchError
 
 DEFER_BYTES = 1 << 16  # elements larger than this (the pixel data) are read only when used
@@ -99,13 +100,11 @@ def check_inflated_size(path: str | os.PathLike, cap: int) -> None:
 
 
 def _dcmread(path: Path, **kwargs):
-    from medbench.data.decode import MAX_PIXELS
-
     try:
         import pydicom
     except ImportError as e:
         raise MedbenchError(f"{path}: reading DICOM needs pydicom; install it with `pip install pydicom`") from e
-    check_inflated_size(path, 4 * MAX_PIXELS + 2 ** 20)  # 16-bit RGB at the pixel limit, and its header
+    check_inflated_size(path, 4 * headers.MAX_PIXELS + 2 ** 20)  # 16-bit RGB at the pixel limit, and its header
     try:
         return pydicom.dcmread(path, **kwargs)
     except FileNotFoundError:
