@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from medbench.cli import main
-from medbench.data import medmnist
+from medbench.data import medmnist, medmnist_download
 from medbench.data.medmnist import download, max_download_bytes
 from medbench.errors import MedbenchError
 
@@ -125,7 +125,7 @@ def _files(root: Path) -> list[str]:
 ], ids=["endless-body", "slow-drip", "huge-content-length"])
 def test_hostile_mirror_stops_with_one_line(hostile, monkeypatch, tmp_path, capsys, handler, fragment, most_s):
     base = hostile(handler)
-    monkeypatch.setattr(medmnist, "DEADLINE_S", 2.0)  # the default for this size is 2 minutes
+    monkeypatch.setattr(medmnist_download, "DEADLINE_S", 2.0)  # the default for this size is 2 minutes
     data, out = tmp_path / "data", tmp_path / "run"
     capsys.readouterr()
     start = time.monotonic()
