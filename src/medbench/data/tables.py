@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from medbench.data.cache import cached_store
 from medbench.data.dataset import SPLITS, ImageDataset
 from medbench.data.folders import FolderListing, assign_splits, name_some, report_bad
+from medbench.data.ingest import ingest
 from medbench.errors import MedbenchError
 
 UNCERTAIN = ("u-ones", "u-zeros", "u-ignore")
@@ -94,6 +97,19 @@ def _multi_labels(csv_path, rows, cols, uncertain) -> list[tuple[int, ...]]:
     return out
 
 
+@dataclass
+class _Table:
+    """What the CSV says, checked: image paths (relative to the root unless outside it), labels and splits."""
+    csv_path: Path
+    root: Path
+    paths: list[str]  # one per row
+    class_names: list[str]
+    task: str
+    listing: FolderListing
+    group_of: dict[str, str] | None  # path -> group id, from group_col
+    line_of: dict[str, int]  # path -> its first line in the CSV (for error messages)
+
+
 def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[str], size: int,
              root: str | os.PathLike | None = None, uncertain: str = "u-ones", split_col: str | None = None,
              channels: int | None = None, resize: str = "pad", val_from_train: float = 0.0,
@@ -106,10 +122,29 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
     ``cache_dir``, ``memory_budget``, ``workers``: as for :func:`medbench.data.folders.load_folder` (a decoded
     store, resumable; tensors when the images fit the memory budget, else read from disk as indexed).
     """
-    from medbench.data.cache import cached_store
-
     csv_path = Path(csv_path).expanduser().resolve()
     root = Path(root).expanduser().resolve() if root is not None else csv_path.parent
+    label_cols = _check_options(label_cols, uncertain, channels, resize)
+    rows = _read_rows(csv_path, [image_col, *label_cols] + [c for c in (split_col, group_col) if c])
+    table = _read_table(csv_path, root, rows, image_col, label_cols, uncertain, split_col, group_col,
+                        allow_outside_root)
+    settings = dict(size=size, channels=channels, resize=resize, uncertain=uncertain, split_col=split_col,
+                    val_from_train=val_from_train, test_from_train=test_from_train, group_col=group_col,
+                    group_regex=group_regex, seed=seed, skip_bad=skip_bad, image_col=image_col,
+                    label_cols=list(label_cols), allow_outside_root=allow_outside_root)
+
+    def build(store: Path, partial: Path) -> None:
+        _build(table, settings, store, partial, workers=workers, progress=progress)
+
+    key = {"source": "csv", "csv": str(csv_path), "root": str(root), **settings}
+    files_for_key = [csv_path] + sorted({str(root / p) for p in table.paths})
+    return cached_store(key, build, cache_dir, files=files_for_key,
+                        decode_parts={k: v for k, v in key.items() if k not in ("skip_bad", "channels")},
+                        memory_budget=memory_budget, use_cache=cache_dir is not None)
+
+
+def _check_options(label_cols, uncertain: str, channels, resize: str) -> list[str]:
+    """The label columns as a list, once the options are known to be valid."""
     if isinstance(label_cols, str):
         label_cols = [label_cols]
     if not label_cols:
@@ -120,9 +155,27 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
         raise MedbenchError(f"channels must be 1, 3 or None (automatic), not {channels}")
     if resize not in ("pad", "crop"):
         raise MedbenchError(f"resize mode must be 'pad' or 'crop', not {resize!r}")
-    needed = [image_col, *label_cols] + [c for c in (split_col, group_col) if c]
-    rows = _read_rows(csv_path, needed)
+    return label_cols
 
+
+def _read_table(csv_path: Path, root: Path, rows, image_col: str, label_cols: list[str], uncertain: str,
+                split_col: str | None, group_col: str | None, allow_outside_root: bool) -> _Table:
+    paths = _image_paths(csv_path, root, rows, image_col, allow_outside_root)
+    labels, class_names, task = _labels(csv_path, rows, label_cols, uncertain)
+    group_of = None
+    if group_col:
+        group_of = {p: "group:" + (row[group_col] or "").strip() if (row[group_col] or "").strip() else "file:" + p
+                    for (_, row), p in zip(rows, paths)}
+    line_of: dict[str, int] = {}
+    for (line, _), p in zip(rows, paths):
+        line_of.setdefault(p, line)
+    return _Table(csv_path=csv_path, root=root, paths=paths, class_names=class_names, task=task,
+                  listing=_listing(csv_path, root, rows, paths, labels, class_names, split_col),
+                  group_of=group_of, line_of=line_of)
+
+
+def _image_paths(csv_path: Path, root: Path, rows, image_col: str, allow_outside_root: bool) -> list[str]:
+    """Each row's image path, relative to ``root`` (absolute when outside it and that is allowed)."""
     paths: list[str] = []
     outside: list[str] = []
     for line, row in rows:
@@ -144,19 +197,23 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
         raise MedbenchError(f"{csv_path}: {len(outside)} image path(s) point outside {root}: "
                             f"{name_some(outside, 5)}; fix the paths, pass the right root, or allow paths "
                             f"outside the root explicitly (allow_outside_root=True)")
+    return paths
 
-    multilabel = len(label_cols) > 1
-    if multilabel:
-        labels: list = _multi_labels(csv_path, rows, label_cols, uncertain)
-        class_names = list(label_cols)
-        task = "multilabel"
-    else:
-        labels, class_names = _single_labels(csv_path, rows, label_cols[0])
-        if len(class_names) < 2:
-            raise MedbenchError(f"{csv_path}: label column {label_cols[0]!r} has only one class; a classifier "
-                                f"needs at least two")
-        task = "binary" if len(class_names) == 2 else "multiclass"
 
+def _labels(csv_path: Path, rows, label_cols: list[str], uncertain: str) -> tuple[list, list[str], str]:
+    """(one label per row, class names, task)."""
+    if len(label_cols) > 1:
+        return _multi_labels(csv_path, rows, label_cols, uncertain), list(label_cols), "multilabel"
+    labels, class_names = _single_labels(csv_path, rows, label_cols[0])
+    if len(class_names) < 2:
+        raise MedbenchError(f"{csv_path}: label column {label_cols[0]!r} has only one class; a classifier "
+                            f"needs at least two")
+    return labels, class_names, "binary" if len(class_names) == 2 else "multiclass"
+
+
+def _listing(csv_path: Path, root: Path, rows, paths: list[str], labels: list, class_names: list[str],
+             split_col: str | None) -> FolderListing:
+    """Files and labels by the split each row names (all train without a split column)."""
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
     by_split: dict[str, list] = {s: [] for s in SPLITS}
     for (line, row), p, y in zip(rows, paths, labels):
@@ -169,44 +226,31 @@ def load_csv(csv_path: str | os.PathLike, *, image_col: str, label_cols: list[st
             s = _SPLIT_NAMES[v]
         files[s].append(p)
         by_split[s].append(y)
-    listing = FolderListing(root=root, class_names=class_names, files={s: v for s, v in files.items() if v},
-                            labels={s: v for s, v in by_split.items() if v}, has_splits=bool(split_col))
-    group_of = None
-    if group_col:
-        group_of = {p: "group:" + (row[group_col] or "").strip() if (row[group_col] or "").strip() else "file:" + p
-                    for (_, row), p in zip(rows, paths)}
-    settings = dict(size=size, channels=channels, resize=resize, uncertain=uncertain, split_col=split_col,
-                    val_from_train=val_from_train, test_from_train=test_from_train, group_col=group_col,
-                    group_regex=group_regex, seed=seed, skip_bad=skip_bad, image_col=image_col,
-                    label_cols=list(label_cols), allow_outside_root=allow_outside_root)
+    return FolderListing(root=root, class_names=class_names, files={s: v for s, v in files.items() if v},
+                         labels={s: v for s, v in by_split.items() if v}, has_splits=bool(split_col))
 
-    line_of: dict[str, int] = {}
-    for (line, _), p in zip(rows, paths):
-        line_of.setdefault(p, line)
 
-    def build(store: Path, partial: Path) -> None:
-        from medbench.data.ingest import ingest
+def _build(table: _Table, settings: dict, store: Path, partial: Path, *, workers: int | None,
+           progress: bool) -> None:
+    """Draw the missing splits, then decode every image into ``store`` (chunks in ``partial``)."""
+    csv_path, class_names = table.csv_path, table.class_names
+    assigned = assign_splits(table.listing, val_from_train=settings["val_from_train"],
+                             test_from_train=settings["test_from_train"], group_regex=settings["group_regex"],
+                             seed=settings["seed"], group_of=table.group_of, source=csv_path)
+    order = [(s, f, y) for s in SPLITS for f, y in assigned[s]]
+    masked = table.task == "multilabel" and settings["uncertain"] == "u-ignore"
 
-        assigned = assign_splits(listing, val_from_train=val_from_train, test_from_train=test_from_train,
-                                 group_regex=group_regex, seed=seed, group_of=group_of, source=csv_path)
-        order = [(s, f, y) for s in SPLITS for f, y in assigned[s]]
+    def describe(files: dict[str, list[str]], bad: list[tuple[str, str]], c: int) -> dict:
+        if not files["train"]:
+            raise MedbenchError(f"{csv_path}: no training images left; add rows or lower the split fractions")
+        meta = {"kind": "csv", "csv": str(csv_path), "files": files,
+                "skipped": [{"path": f, "reason": r} for f, r in bad], "class_names": class_names,
+                "label_mask_value": -1 if masked else None,
+                "settings": {**settings, "channels": c}}
+        return {"name": f"csv:{csv_path.stem}", "task": table.task, "class_names": class_names,
+                "source": str(csv_path), "meta": meta}
 
-        def describe(files: dict[str, list[str]], bad: list[tuple[str, str]], c: int) -> dict:
-            if not files["train"]:
-                raise MedbenchError(f"{csv_path}: no training images left; add rows or lower the split fractions")
-            meta = {"kind": "csv", "csv": str(csv_path), "files": files,
-                    "skipped": [{"path": f, "reason": r} for f, r in bad], "class_names": class_names,
-                    "label_mask_value": -1 if (multilabel and uncertain == "u-ignore") else None,
-                    "settings": {**settings, "channels": c}}
-            return {"name": f"csv:{csv_path.stem}", "task": task, "class_names": class_names,
-                    "source": str(csv_path), "meta": meta}
-
-        ingest(store, partial, root, order, size=size, resize=resize, channels=channels, describe=describe,
-               on_bad=lambda bad: report_bad(csv_path, bad, skip_bad, line_of), workers=workers,
-               progress=progress, label=csv_path.name, source=csv_path)
-
-    key = {"source": "csv", "csv": str(csv_path), "root": str(root), **settings}
-    files_for_key = [csv_path] + sorted({str(root / p) for p in paths})
-    return cached_store(key, build, cache_dir, files=files_for_key,
-                        decode_parts={k: v for k, v in key.items() if k not in ("skip_bad", "channels")},
-                        memory_budget=memory_budget, use_cache=cache_dir is not None)
+    ingest(store, partial, table.root, order, size=settings["size"], resize=settings["resize"],
+           channels=settings["channels"], describe=describe,
+           on_bad=lambda bad: report_bad(csv_path, bad, settings["skip_bad"], table.line_of), workers=workers,
+           progress=progress, label=csv_path.name, source=csv_path)
