@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
@@ -14,9 +15,12 @@ import torch
 
 from medbench.data import load_dataset
 from medbench.explain import find_target_layer, gradcam, overlay
+from medbench.metrics import compute_metrics
 from medbench.report import figures as F
 from medbench.report import write_run_report
-from medbench.report.run_report import confident_errors, fmt
+from medbench.report.analysis import confident_errors
+from medbench.report.html import fmt
+from medbench.rundir import predictions_path, read_predictions
 
 FIGURES = {"curves", "roc", "pr", "confusion", "confusion-normalized", "reliability", "errors", "gradcam"}
 HEADINGS = ["Summary metrics", "Training curves", "ROC and precision–recall curves (test)", "Confusion matrix (test)",
@@ -195,17 +199,45 @@ def test_report_tolerates_minimal_run_dir(run_dir, ds, tmp_path):
     assert parsed.cells["summary", "test", "auc"] == "n/a"
     assert parsed.cells["summary", "val", "n"] == str(full["val"]["n"])
     assert "history.csv not found" in text and "recomputed from the saved weights" in text
-    assert "Source: computed with scikit-learn" in text and "computed from the test predictions" in text
+    assert "Source: computed by medbench.metrics" in text and "computed from the test predictions" in text
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     figures = {a.get("data-figure") for t, a in parsed.tags if t == "img"}
     assert figures == FIGURES - {"curves"}
     assert ">Overfitting" not in text and ">Decision threshold<" not in text
 
 
+def test_fallback_confusion_follows_the_runs_decision(run_dir, ds, tmp_path):
+    """A binary run evaluated with ``decision: youden``: with no confusion matrix in metrics.json the report
+    computes one from the test predictions, at the run's (Youden) threshold, not at 0.5."""
+    from medbench.run import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("tb", "report.html"))
+    config = run / "config.yaml"
+    text, swaps = re.subn(r"^decision: .*$", "decision: youden", config.read_text(), count=1, flags=re.M)
+    assert swaps == 1
+    config.write_text(text)
+    evaluate(run, dataset=ds, quiet=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["threshold"]["headline"] == metrics["threshold"]["youden"] != 0.5
+    youden_cm = metrics["test"].pop("confusion_matrix")
+    del metrics["test"]["per_class"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    labels = ds["test"].labels.numpy()
+    at_half = compute_metrics(labels, read_predictions(predictions_path(run, "test")), "binary")["confusion_matrix"]
+    assert at_half != youden_cm  # else this run could not tell the two rules apart
+
+    text = write_run_report(run, dataset=ds).read_text(encoding="utf-8")
+    shown = re.search(r'<p data-matrix="([^"]*)">[^<]*Source: computed from the test predictions', text)
+    assert shown and json.loads(html.unescape(shown.group(1))) == youden_cm
+    assert "Source: computed by medbench.metrics" in text
+    assert f"positive when p &gt; {metrics['threshold']['headline']:.4g}" in text
+
+
 def test_gradcam_on_real_images(run_dir, ds):
+    from medbench.build import build_preprocess, build_task, load_run_model
     from medbench.config import load_config
     from medbench.models import create_model
-    from medbench.run import _preprocess, build_task, load_run_model
 
     cfg = load_config(run_dir / "config.yaml")
     task = build_task(cfg, ds)
@@ -213,7 +245,7 @@ def test_gradcam_on_real_images(run_dir, ds):
     torch.manual_seed(0)
     resnet = create_model("resnet18", num_classes=2, in_chans=1, img_size=28).eval()
     images = ds["test"].images[:8]
-    x = _preprocess(cfg, ds)(images)
+    x = build_preprocess(cfg, ds)(images)
     for model, layer_name in ((trained, None), (resnet, "layer4.1.conv2")):
         layer = find_target_layer(model, x)
         names = {m: n for n, m in model.named_modules()}

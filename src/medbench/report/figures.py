@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from medbench.tasks import decide
 
 DPI = 100
 
@@ -59,16 +61,6 @@ def one_vs_rest(y_true, scores, task: str, class_names: Sequence[str]) -> list[t
     if task == "multilabel":
         return [(_name(names, i), y[y[:, i] >= 0, i].astype(int), s[y[:, i] >= 0, i]) for i in range(s.shape[1])]
     return [(_name(names, i), (y[:, 0] == i).astype(int), s[:, i]) for i in range(s.shape[1])]
-
-
-def predicted(scores, task: str) -> np.ndarray:
-    """Predicted class ``[N]`` (binary: last column > 0.5, as MedMNIST) or 0/1 ``[N, L]`` for multi-label."""
-    s = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
-    if task == "multilabel":
-        return (s > 0.5).astype(np.int64)
-    if task == "binary":
-        return (s[:, -1] > 0.5).astype(np.int64) * (s.shape[1] - 1)
-    return s.argmax(1)
 
 
 def _name(names: Sequence[str], i: int, limit: int = 24) -> str:
@@ -193,16 +185,17 @@ def _draw_matrix(ax, cm: np.ndarray, names: Sequence[str], normalize: bool, smal
 
 # ---- calibration ----
 
-def reliability_bins(y_true, scores, task: str, bins: int = 15) -> dict:
+def reliability_bins(y_true, scores, task: str, bins: int = 15, threshold: float = 0.5) -> dict:
     """Equal-width confidence bins: mean confidence, observed accuracy / frequency and count per bin, and
-    the expected calibration error. Single-label tasks use the top-class confidence against accuracy;
-    multi-label tasks pool every label's probability against the label's observed frequency."""
+    the expected calibration error. Single-label tasks use the confidence of the decided class (binary: at
+    ``threshold``, the run's decision rule) against accuracy; multi-label tasks pool every label's
+    probability against the label's observed frequency."""
     y, s = _arrays(y_true, scores)
     if task == "multilabel":
         conf, hit = s[y >= 0], y[y >= 0].astype(np.float64)  # -1: unknown label, left out
     else:
-        pred = predicted(s, task)
-        conf = s[np.arange(len(s)), pred]  # binary: pred is 0 or the last column
+        pred = decide(s, task, threshold)
+        conf = s[np.arange(len(s)), pred]  # binary: pred is 0 or 1, the last column
         hit = (pred == y[:, 0]).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
@@ -215,10 +208,10 @@ def reliability_bins(y_true, scores, task: str, bins: int = 15) -> dict:
     return {"edges": edges, "confidence": mean_conf, "accuracy": mean_hit, "count": count, "ece": ece}
 
 
-def reliability_figure(y_true, scores, task: str, bins: int = 15) -> Figure:
+def reliability_figure(y_true, scores, task: str, bins: int = 15, threshold: float = 0.5) -> Figure:
     """Reliability diagram (observed accuracy per confidence bin against the diagonal) with the bin counts
     below and the expected calibration error in the title."""
-    r = reliability_bins(y_true, scores, task, bins)
+    r = reliability_bins(y_true, scores, task, bins, threshold)
     fig = new_figure(5.0, 5.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     edges, width = r["edges"], 1.0 / bins
@@ -236,7 +229,7 @@ def reliability_figure(y_true, scores, task: str, bins: int = 15) -> Figure:
     top.grid(alpha=0.3)
     top.legend(loc="upper left", fontsize=8, frameon=False)
     bottom.bar(edges[:-1], r["count"], width=width, align="edge", color="0.55", edgecolor="white")
-    bottom.set(xlabel="predicted probability" if multilabel else "confidence (top-class probability)",
+    bottom.set(xlabel="predicted probability" if multilabel else "confidence (probability of the decided class)",
                ylabel="count")
     bottom.grid(alpha=0.3)
     return fig
