@@ -75,11 +75,11 @@ def main() -> None:
         for kind, x in batches.items():
             if name == "mixup+cutmix":
                 xf, y = x.float(), torch.zeros(len(x), 1, dtype=torch.long)
-                row[kind] = median_seconds(lambda: mix(xf, y), args.reps)
+                row[kind] = median_seconds(lambda xf=xf, y=y: mix(xf, y), args.reps)
             else:
                 torch.manual_seed(0)
                 aug = build_augment(name)
-                row[kind] = median_seconds(lambda: aug(x), args.reps)
+                row[kind] = median_seconds(lambda aug=aug, x=x: aug(x), args.reps)
         result["augment_s"][name] = {k: round(v, 5) for k, v in row.items()}
         result["ratio"][name] = {k: round(v / result["step_s"][k]["resnet18"], 4) for k, v in row.items()}
         cnn = [v / result["step_s"][k]["cnn5"] * 100 for k, v in row.items()]

@@ -370,8 +370,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     disturbed = [m for m, r in res.items() if r["others_cpu_share"] > args.max_others]
-    keep = ("images_per_s", "images_per_cpu_s", "seconds", "peak_pss_mb", "cpu_use", "others_cpu_share", "sampler_cpu_share", "tries",
-            "all_tries_images_per_s")
+    keep = ("images_per_s", "images_per_cpu_s", "seconds", "peak_pss_mb", "cpu_use", "others_cpu_share",
+            "sampler_cpu_share", "tries", "all_tries_images_per_s")
     out = {
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -394,7 +394,8 @@ def main() -> None:
                  "(sampled every 0.25 s; pages the forked workers share with it counted once), torch and medbench "
                  "imports included (imports_pss_mb: a process that only imported them). others_cpu_share: CPU time "
                  "other processes (another session shares this machine) took during the run, from /proc/stat, "
-                 "less this benchmark's own sampling (sampler_cpu_share); each run waited for a quiet moment first, runs over "
+                 "less this benchmark's own sampling (sampler_cpu_share); each run waited for a quiet moment first, "
+                 "runs over "
                  f"{args.max_others:.0%} were repeated up to {args.tries} times and the least disturbed kept"
                  + (f"; still disturbed: {', '.join(disturbed)}" if disturbed else "; none left disturbed") + "."),
     }

@@ -27,7 +27,8 @@ import json, resource, sys, time
 import numpy as np, torch
 import medbench
 from medbench.run import train
-case, n, epochs, model, out, data = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+case, n, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+model, out, data = sys.argv[4], sys.argv[5], sys.argv[6]
 kb = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 base = kb()
 cfg = {"model": model, "epochs": epochs, "bootstrap": 1000, "seed": 0}
@@ -45,7 +46,8 @@ else:
         x = torch.empty(m, 1, 28, 28, dtype=torch.uint8)
         for i in range(0, m, 10000):  # in blocks: the float noise must not dominate the peak being measured
             k = min(10000, m - i)
-            x[i:i + k] = (torch.randn(k, 1, 28, 28, generator=g) * 40 + 100 + 40 * y[i:i + k].view(k, 1, 1, 1)).clamp(0, 255)
+            level = 100 + 40 * y[i:i + k].view(k, 1, 1, 1)
+            x[i:i + k] = (torch.randn(k, 1, 28, 28, generator=g) * 40 + level).clamp(0, 255)
         splits[s] = Split(x, y)
     ds = ImageDataset("generated", "binary", ["a", "b"], splits, 28)
 data_bytes = sum(sp.images.numel() + sp.labels.numel() * 8 for sp in ds.splits.values())

@@ -114,8 +114,9 @@ def run_case(npz: Path, size: int, path: str, cache: Path, work: Path, model: st
     import shutil
 
     out = work / f"run-{npz.stem}-{path}-{time.time_ns()}"
+    model_args = ["--model", model, "--truncate", str(truncate)] if model else []
     cmd = [sys.executable, __file__, "--child", "--npz", str(npz), "--size", str(size), "--path", path,
-           "--cache", str(cache), "--out", str(out), *(["--model", model, "--truncate", str(truncate)] if model else [])]
+           "--cache", str(cache), "--out", str(out), *model_args]
     res = subprocess.run(cmd, capture_output=True, text=True)
     shutil.rmtree(out, ignore_errors=True)
     if res.returncode:

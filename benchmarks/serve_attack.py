@@ -137,7 +137,7 @@ class Monitor(threading.Thread):
             time.sleep(0.005)
 
 
-# ---- clients ------------------------------------------------------------------------------------------------------------
+# ---- clients ---------------------------------------------------------------------------------------------------
 def chunked_post(port: int, gigabytes: float, deadline: float) -> tuple[int, int]:
     """Stream a chunked multipart body of ``gigabytes`` from a generator; stop when the server answers.
     -> (status, bytes sent)."""
@@ -161,7 +161,7 @@ def chunked_post(port: int, gigabytes: float, deadline: float) -> tuple[int, int
         try:
             while b"\r\n" not in data and (more := sock.recv(4096)):
                 data += more
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, TimeoutError):
             pass
     status = int(data.split()[1]) if data.startswith(b"HTTP/") else 0  # 0: no answer
     return status, sent
@@ -297,8 +297,9 @@ def main() -> None:
     for kind, c in counts.items():
         print(f"{kind:<22}{c}")
     b, d = result["normal_latency_before"], result["normal_latency_during"]
-    print(f"server peak RSS {result['server_peak_rss_mb']} MB (before the attack {result['server_rss_before_attack_mb']}"
-          f" MB); peak temp {monitor.peak_temp} bytes; normal p50/p99 before {b.get('p50_ms')}/{b.get('p99_ms')} ms, "
+    print(f"server peak RSS {result['server_peak_rss_mb']} MB "
+          f"(before the attack {result['server_rss_before_attack_mb']} MB); peak temp {monitor.peak_temp} bytes; "
+          f"normal p50/p99 before {b.get('p50_ms')}/{b.get('p99_ms')} ms, "
           f"during {d.get('p50_ms')}/{d.get('p99_ms')} ms; {bad} bad answers; {wall:.0f} s")
     print(json.dumps(result))
     sys.exit(1 if bad else 0)

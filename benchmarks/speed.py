@@ -196,7 +196,8 @@ def main():
         "train_img_s": round(train_img_s, 1), "eval_img_s": round(eval_img_s, 1),
         "ref_train_img_s": round(ref_train, 1), "ref_eval_img_s": round(ref_eval, 1),
         "train_ratio": round(train_img_s / ref_train, 2), "eval_ratio": round(eval_img_s / ref_eval, 2),
-        "train_gflop_per_img": round(flops / 1e9, 3), "gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peak.items()},
+        "train_gflop_per_img": round(flops / 1e9, 3),
+        "gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peak.items()},
         "mfu": round(flops * train_img_s / peak_used, 3),
         "ref_mfu_fp32": round(flops * ref_train / peak["fp32"], 3),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
@@ -213,7 +214,8 @@ def main():
         t.add_column(col)
     t.add_row("train images/s", f"{ref_train:.0f}", f"{train_img_s:.0f}", f"{result['train_ratio']:.2f}x")
     t.add_row("eval images/s", f"{ref_eval:.0f}", f"{eval_img_s:.0f}", f"{result['eval_ratio']:.2f}x")
-    t.add_row("MFU", f"{result['ref_mfu_fp32']:.2f} (of fp32 GEMM peak)", f"{result['mfu']:.2f} (of {precision.name} peak)", "")
+    t.add_row("MFU", f"{result['ref_mfu_fp32']:.2f} (of fp32 GEMM peak)",
+              f"{result['mfu']:.2f} (of {precision.name} peak)", "")
     t.add_row("bootstrap 1000 x 22433 x 14 AUC", f"{loop_s:.1f} s (sklearn loop, scaled)", f"{boot_s:.2f} s",
               f"{result['bootstrap_ratio']:.0f}x")
     Console(width=140).print(t)
