@@ -38,7 +38,7 @@ def _acc_at_half(run: Path) -> float:
 
     from medbench.config import load_config
     from medbench.metrics import acc
-    from medbench.run import dataset_for
+    from medbench.build import build_dataset as dataset_for
 
     scores = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
     labels = dataset_for(load_config(run / "config.yaml"))["test"].labels.numpy()

@@ -21,7 +21,8 @@ from medbench.config import load_config
 from medbench.engine import describe_machine
 from medbench.export import export_run
 from medbench.predict import Predictor
-from medbench.run import dataset_for, evaluate, train
+from medbench.build import build_dataset as dataset_for
+from medbench.run import evaluate, train
 
 
 def main() -> None:

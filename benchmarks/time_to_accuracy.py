@@ -21,7 +21,8 @@ from medbench.data import load_dataset
 from medbench.engine import describe_machine, predict_logits
 from medbench.fileio import write_json
 from medbench.metrics import compute_metrics
-from medbench.run import _preprocess, build_task, train
+from medbench.build import build_preprocess as _preprocess, build_task
+from medbench.run import train
 
 # MedMNIST v2 (Yang et al., 2023), ResNet-18 (28): test AUC, ACC
 TARGETS = {"pneumoniamnist": (0.944, 0.854), "breastmnist": (0.901, 0.863), "retinamnist": (0.717, 0.524)}

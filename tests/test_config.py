@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from medbench.config import RECIPES, RunConfig, dump_config, load_config, read_config_file, resolve_config
 from medbench.errors import MedbenchError
@@ -74,7 +75,7 @@ def test_config_file_errors_name_the_file(tmp_path):
 
 def test_config_is_validated_on_assignment():
     cfg = RunConfig(dataset="breastmnist")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.epochs = -1
 
 
@@ -85,7 +86,7 @@ def test_fast_recipe_sets_the_model_and_flags_still_win():
 
 
 def test_per_channel_normalisation_is_checked():
-    from medbench.run import normalization
+    from medbench.build import normalization
 
     cfg = resolve_config({"dataset": "breastmnist", "norm_mean": [0.1, 0.2], "norm_std": 0.3})
     with pytest.raises(MedbenchError, match="norm_mean has 2 values; the model takes 1 channels"):
@@ -142,3 +143,81 @@ def test_largest_allowed_values_pass():
     cfg = resolve_config({"dataset": "breastmnist", "seed": 2 ** 63 - 1, "epochs": 100_000, "bootstrap": 100_000,
                           "milestones": [0.01, 0.99], "momentum": 0.0, "size": 2048})
     assert cfg.seed == 2 ** 63 - 1
+
+
+# a folder run's config.yaml as `medbench train` wrote it before the source was typed (every flat field)
+OLD_FOLDER_RUN = """\
+dataset: folder:../shared/data/chest_xray_subset
+size: 64
+as_rgb: false
+norm_mean: null
+norm_std: null
+label_regex: (NORMAL|bacteria|virus)
+image_col: null
+label_cols: null
+split_col: null
+uncertain: u-ones
+fit: crop
+val_from_train: 0.2
+test_from_train: 0.0
+group_regex: (person\\d+)_
+split_seed: 3
+skip_bad: true
+allow_outside_root: false
+model: cnn5
+epochs: 20
+provenance:
+  torch: 2.5.0
+"""
+
+
+def test_old_config_files_load_unchanged_and_give_a_typed_source(tmp_path):
+    from medbench.config import FolderSource
+
+    path = tmp_path / "config.yaml"
+    path.write_text(OLD_FOLDER_RUN)
+    cfg = load_config(path)
+    assert cfg.label_regex == "(NORMAL|bacteria|virus)" and cfg.fit == "crop"  # the flat fields stay
+    src = cfg.source
+    assert isinstance(src, FolderSource) and src.kind == "folder" and src.path == "../shared/data/chest_xray_subset"
+    assert src.loader_options() == dict(label_regex="(NORMAL|bacteria|virus)", resize="crop", val_from_train=0.2,
+                                        test_from_train=0.0, group_regex=r"(person\d+)_", seed=3, skip_bad=True)
+    assert "source" not in cfg.model_dump() and "source" not in dump_config(cfg)  # derived, never saved
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_csv_and_medmnist_sources():
+    csv = resolve_config({"dataset": "csv:data/labels.csv", "image_col": "Path", "label_cols": ["A", "B"],
+                          "split_col": "Split", "uncertain": "u-ignore", "allow_outside_root": True})
+    assert (csv.source.kind, csv.source.path) == ("csv", "data/labels.csv")
+    assert csv.source.loader_options() == dict(
+        image_col="Path", label_cols=["A", "B"], split_col="Split", uncertain="u-ignore", resize="pad",
+        val_from_train=0.0, test_from_train=0.0, group_regex=None, seed=0, skip_bad=False, allow_outside_root=True)
+    mnist = resolve_config({"dataset": "breastmnist", "fit": "crop"}).source  # fit: predict uses it for any run
+    assert (mnist.kind, mnist.name, mnist.loader_options()) == ("medmnist", "breastmnist", {})
+    assert not hasattr(mnist, "label_regex") and not hasattr(csv.source, "label_regex")  # only its own options
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"dataset": "breastmnist", "image_col": "Path"},
+     "image_col (csv: only) does not apply to MedMNIST dataset 'breastmnist'; remove it"),
+    ({"dataset": "breastmnist", "val_from_train": 0.2, "skip_bad": True},
+     "val_from_train (folder:/csv: only), skip_bad (folder:/csv: only) do not apply to MedMNIST dataset"),
+    ({"dataset": "folder:x", "label_cols": ["A"]}, "label_cols (csv: only) does not apply to folder: dataset"),
+    ({"dataset": "csv:x.csv", "image_col": "p", "label_cols": ["A"], "label_regex": "(a)"},
+     "label_regex (folder: only) does not apply to csv: dataset 'csv:x.csv'"),
+    ({"dataset": "csv:x.csv", "image_col": "p"}, "csv:x.csv: a CSV dataset needs --image-col and --label-cols"),
+])
+def test_options_of_another_kind_of_dataset_are_refused_in_one_line(settings, fragment):
+    with pytest.raises(MedbenchError) as err:
+        resolve_config(settings, where="train")
+    assert str(err.value) == f"train: {fragment}" or fragment in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_every_field_declares_its_help_and_group():
+    from medbench.config import GROUPS, meta
+
+    for name, info in RunConfig.model_fields.items():
+        assert info.description and meta(info).get("group") in GROUPS, name

@@ -11,7 +11,8 @@ from medbench.config import load_config
 from medbench.data import load_dataset
 from medbench.errors import MedbenchError
 from medbench.metrics import compute_metrics, youden_threshold
-from medbench.run import build_model, build_task, evaluate, normalization, train
+from medbench.build import build_model, build_task, normalization
+from medbench.run import evaluate, train
 from medbench.data.loader import Preprocess
 
 BASE = {"dataset": "breastmnist", "model": "cnn5", "epochs": 4, "seed": 0}

@@ -69,7 +69,8 @@ def test_a_bf16_trained_run_gives_one_answer_everywhere(tmp_path, shared_data):
 
     from medbench.export import export_run
     from medbench.predict import Predictor
-    from medbench.run import dataset_for, evaluate
+    from medbench.build import build_dataset as dataset_for
+    from medbench.run import evaluate
     from medbench.config import load_config
     from medbench.serve import create_app
 

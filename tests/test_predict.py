@@ -13,7 +13,7 @@ from medbench.cli import main
 from medbench.data.decode import decode_image
 from medbench.errors import MedbenchError
 from medbench.predict import Predictor, expand_inputs, predict_files
-from medbench.run import dataset_for
+from medbench.build import build_dataset as dataset_for
 
 
 def _rows(path):

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from medbench.cli import main
 from medbench.data.memory import BUDGET_ENV
-from medbench.run import RESUME
+from medbench.rundir import RESUME
 
 # with weight EMA: the averaged weights are part of the state a resumed run must continue from
 ARGS = ["--dataset", "breastmnist", "--model", "cnn5", "--epochs", "4", "--deterministic", "--seed", "3",

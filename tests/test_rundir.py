@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from medbench.cli import main
 from medbench.rundir import LOCK, locked
-from medbench.run import RESUME
+from medbench.rundir import RESUME
 
 TRAIN = ["train", "--dataset", "breastmnist", "--model", "cnn5", "--quiet", "--no-report"]
 

@@ -120,3 +120,12 @@ def load_run_model(run_dir, cfg: RunConfig, ds, task: Task, device, weights: Pat
     from medbench.rundir import model_weights
 
     return load_trained_model(weights or model_weights(run_dir, cfg, 1)[0], cfg, ds, task, device)
+
+
+def run_data_spec(run_dir, cfg: RunConfig, data_dir=None):
+    """The run's :class:`~medbench.rundir.DataSpec`: its dataset.json, or (runs from before it existed) the spec of
+    the run's dataset, loaded once."""
+    from medbench.rundir import data_spec, read_data_spec
+
+    spec = read_data_spec(run_dir)
+    return spec if spec is not None else data_spec(build_dataset(cfg, data_dir))

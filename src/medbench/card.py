@@ -6,16 +6,20 @@ predictions computed here (seed 0), so every card states its uncertainty.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from medbench.build import build_dataset, run_data_spec
+from medbench.config import load_config
 from medbench.errors import MedbenchError
+from medbench.fileio import write_json, write_text
+from medbench.metrics import bootstrap_metrics
+from medbench.rundir import (CARD_JSON, CARD_MD, CONFIG, METRICS, predictions_path, read_metrics, read_predictions,
+                             read_provenance)
 
-CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
 CARD_REPLICATES = 1000
 NOT_CLINICAL = ("Not for clinical use. This model is a research artefact: it has not been validated, cleared or "
                 "approved for diagnosis, screening, triage or any decision about a patient. Do not use its "
@@ -28,10 +32,7 @@ CONFIG_SHOWN = ("model", "pretrained", "truncate", "size", "as_rgb", "fit", "rec
 
 
 def _test_cis(run_dir: Path, task: str, labels) -> dict:
-    from medbench.compare import read_predictions
-    from medbench.metrics import bootstrap_metrics
-
-    scores = read_predictions(run_dir / "predictions" / "test.csv")
+    scores = read_predictions(predictions_path(run_dir, "test"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an undefined resample is reported by the CI itself (None)
         return bootstrap_metrics(np.asarray(labels), scores, task, replicates=CARD_REPLICATES, seed=0,
@@ -41,27 +42,19 @@ def _test_cis(run_dir: Path, task: str, labels) -> dict:
 def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -> dict:
     """The card as a dict. ``test_labels``: the test split's labels (to bootstrap CIs the run lacks); when not
     given and needed, the run's dataset is loaded."""
-    from medbench.config import PROVENANCE_KEY, load_config
-    from medbench.predict import read_data_spec
-    from medbench.run import CONFIG, METRICS
-
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file() or not (run_dir / METRICS).is_file():
         raise MedbenchError(f"{run_dir} is not a finished run ({CONFIG} or {METRICS} missing)")
     cfg = load_config(run_dir / CONFIG)
-    spec = read_data_spec(run_dir, cfg, data_dir)
-    metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
-    import yaml
-
-    provenance = (yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8")) or {}).get(PROVENANCE_KEY) or {}
+    spec = run_data_spec(run_dir, cfg, data_dir)
+    metrics = read_metrics(run_dir)
+    provenance = read_provenance(run_dir)
     test = metrics.get("test") or {}
     cis = {k: test[k] for k in ("acc_ci", "auc_ci") if test.get(k) is not None}
     ci_source = "the run's bootstrap" if cis else None
-    if not cis and test and (run_dir / "predictions" / "test.csv").is_file():
+    if not cis and test and predictions_path(run_dir, "test").is_file():
         if test_labels is None:
-            from medbench.run import dataset_for
-
-            test_labels = dataset_for(cfg, data_dir)["test"].labels.numpy()
+            test_labels = build_dataset(cfg, data_dir)["test"].labels.numpy()
         cis = _test_cis(run_dir, spec.task, test_labels)
         ci_source = f"{CARD_REPLICATES} bootstrap resamples of the test predictions (seed 0)"
     splits = {}
@@ -151,8 +144,6 @@ def card_markdown(card: dict) -> str:
 
 
 def write_model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -> dict:
-    from medbench.fileio import write_json, write_text
-
     card = model_card(run_dir, test_labels=test_labels, data_dir=data_dir)
     write_json(Path(run_dir) / CARD_JSON, card)
     write_text(Path(run_dir) / CARD_MD, card_markdown(card))

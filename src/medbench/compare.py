@@ -3,34 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
+from medbench.build import build_dataset, source_options
 from medbench.config import load_config
 from medbench.errors import MedbenchError
-
-
-def read_predictions(path: Path) -> np.ndarray:
-    """Scores from a MedMNIST-format predictions file (no header; index, then one column per class)."""
-    if not path.is_file():
-        raise MedbenchError(f"{path} not found: run `medbench evaluate {path.parent.parent}` first")
-    fix = f"delete it and run `medbench evaluate {path.parent.parent}` to rewrite it"
-    try:
-        table = np.loadtxt(path, delimiter=",", ndmin=2)
-    except (ValueError, UnicodeDecodeError) as e:  # text, a ragged row, not UTF-8
-        why = " ".join(str(e).split())[:200]
-        raise MedbenchError(f"{path}: damaged predictions ({why}); {fix}") from None
-    if table.shape[1] < 2 or not np.isfinite(table).all():
-        raise MedbenchError(f"{path}: damaged predictions (expected an index and finite scores per row); {fix}")
-    return table[:, 1:]
+from medbench.metrics import compare_predictions
+from medbench.rundir import CONFIG, PREDICTIONS, predictions_path, read_predictions, recorded_md5
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, *, split: str = "test", replicates: int = 1000, seed: int = 0,
                  data_dir=None) -> dict:
     """AUC and ACC differences (A - B) with paired-bootstrap CIs and p-values, plus DeLong's test for binary
     tasks. Both runs must be on the same dataset, size and data file."""
-    from medbench.metrics import compare_predictions
-    from medbench.run import CONFIG, _recorded_md5, dataset_for, source_options
-
     runs = [Path(run_a), Path(run_b)]
     for r in runs:
         if not (r / CONFIG).is_file():
@@ -42,15 +26,15 @@ def compare_runs(run_a: str | Path, run_b: str | Path, *, split: str = "test", r
     if source_options(cfgs[0]) != source_options(cfgs[1]):
         raise MedbenchError(f"{runs[0]} and {runs[1]} split or decode {cfgs[0].dataset} differently "
                             f"({source_options(cfgs[0])} vs {source_options(cfgs[1])}): not the same test images")
-    md5 = [_recorded_md5(r) for r in runs]
+    md5 = [recorded_md5(r) for r in runs]
     if md5[0] and md5[1] and md5[0] != md5[1]:
         raise MedbenchError(f"{runs[0]} and {runs[1]} were trained on different data files (md5 {md5[0]} vs {md5[1]})")
-    ds = dataset_for(cfgs[0], data_dir)
+    ds = build_dataset(cfgs[0], data_dir)
     labels = ds[split].labels.numpy()
-    scores = [read_predictions(r / "predictions" / f"{split}.csv") for r in runs]
+    scores = [read_predictions(predictions_path(r, split)) for r in runs]
     for r, s in zip(runs, scores):
         if len(s) != len(labels):
-            raise MedbenchError(f"{r}/predictions/{split}.csv has {len(s)} rows, the {split} split has {len(labels)}")
+            raise MedbenchError(f"{r}/{PREDICTIONS}/{split}.csv has {len(s)} rows, the {split} split has {len(labels)}")
     res = compare_predictions(labels, scores[0], scores[1], ds.task, replicates=replicates, seed=seed)
     return {"run_a": str(runs[0]), "run_b": str(runs[1]), "dataset": ds.name, "split": split, "n": len(labels),
             "task": ds.task, "replicates": replicates, "seed": seed, **res}

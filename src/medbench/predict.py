@@ -11,61 +11,21 @@ the dataset's channels, as own-data folders are cached; then the run's normalisa
 from __future__ import annotations
 
 import glob
-import json
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
+from medbench.baselines import is_baseline
+from medbench.build import build_preprocess, build_task, load_run_model, run_data_spec
+from medbench.config import load_config
 from medbench.errors import MedbenchError
+from medbench.rundir import CONFIG, model_weights, read_metrics, require_run_dir
+from medbench.tasks import decide
 
-DATASET_FILE = "dataset.json"
 NPZ_SUFFIX = ".npz"
-
-
-@dataclass
-class DataSpec:
-    """What a model needs to know about its data, without the data (duck-types ImageDataset for building)."""
-    name: str
-    task: str
-    class_names: list[str]
-    in_chans: int
-    size: int
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-def data_spec(ds) -> DataSpec:
-    return DataSpec(ds.name, ds.task, [str(c) for c in ds.class_names], int(ds.in_chans), int(ds.size))
-
-
-def write_data_spec(run_dir: str | os.PathLike, ds) -> None:
-    from medbench.fileio import write_json
-
-    write_json(Path(run_dir) / DATASET_FILE, asdict(data_spec(ds)))
-
-
-def read_data_spec(run_dir: str | os.PathLike, cfg=None, data_dir=None) -> DataSpec:
-    """dataset.json, or (runs from before it existed) the spec of the run's dataset, loaded once."""
-    path = Path(run_dir) / DATASET_FILE
-    if path.is_file():
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            return DataSpec(str(d["name"]), str(d["task"]), [str(c) for c in d["class_names"]], int(d["in_chans"]),
-                            int(d["size"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise MedbenchError(f"{path}: damaged ({type(e).__name__}: {e}); delete it to rebuild it from the "
-                                f"run's dataset") from None
-    if cfg is None:
-        raise MedbenchError(f"{path} missing")
-    from medbench.run import dataset_for
-
-    return data_spec(dataset_for(cfg, data_dir))
 
 
 def column_names(classes: list[str]) -> list[str]:
@@ -87,33 +47,25 @@ class Predictor:
 
     def __init__(self, run_dir: str | os.PathLike, *, device: str | torch.device = "cpu", tta: bool = False,
                  threshold: float | None = None, data_dir=None):
-        from medbench.baselines import is_baseline
-        from medbench.config import load_config
-        from medbench.run import CONFIG, METRICS, _preprocess, build_task, load_run_model, model_weights
-
-        self.run_dir = Path(run_dir)
-        if not (self.run_dir / CONFIG).is_file():
-            raise MedbenchError(f"{self.run_dir} is not a run directory ({CONFIG} missing)")
+        self.run_dir = require_run_dir(run_dir, "predict")
         self.cfg = cfg = load_config(self.run_dir / CONFIG)
         if is_baseline(cfg.model):
             raise MedbenchError(f"{self.run_dir}: {cfg.model} is a classical model; it has no saved weights to "
                                 f"predict with (medbench never unpickles scikit-learn models)")
         if tta and cfg.no_flip:
             raise MedbenchError(f"{self.run_dir} was trained with no_flip: flipped views (--tta) are not valid")
-        self.spec = read_data_spec(self.run_dir, cfg, data_dir)
+        self.spec = run_data_spec(self.run_dir, cfg, data_dir)
         self.task = build_task(cfg, self.spec)
         self.device = torch.device(device)
         self.models = [load_run_model(self.run_dir, cfg, self.spec, self.task, self.device, weights=w).eval()
                        for w in model_weights(self.run_dir, cfg)]
         self.model = self.models[0]
-        self.prep = _preprocess(cfg, self.spec)
+        self.prep = build_preprocess(cfg, self.spec)
         self.tta = tta
-        metrics = {}
-        if (self.run_dir / METRICS).is_file():
-            try:
-                metrics = json.loads((self.run_dir / METRICS).read_text(encoding="utf-8"))
-            except ValueError:
-                metrics = {}
+        try:
+            metrics = read_metrics(self.run_dir, missing_ok=True)
+        except MedbenchError:  # a damaged metrics.json only costs the recorded threshold
+            metrics = {}
         chosen = (metrics.get("threshold") or {}).get("youden") if self.task.name == "binary" else None
         self.threshold = float(threshold if threshold is not None else chosen if chosen is not None else 0.5)
         self.metrics = metrics
@@ -172,20 +124,21 @@ class Predictor:
         """The predicted label per row: binary at ``threshold``; argmax; multi-label: the labels > 0.5 joined
         with ';' (empty when none)."""
         names = self.classes
-        if self.task.name == "binary":
-            return [names[int(p[-1] > self.threshold)] for p in probs]
+        decided = self.decided(probs)
         if self.task.name == "multilabel":
-            return [";".join(n for n, on in zip(names, row > 0.5) if on) for row in probs]
-        return [names[int(i)] for i in probs.argmax(1)]
+            return [";".join(n for n, on in zip(names, row) if on) for row in decided]
+        return [names[int(i)] for i in decided]
+
+    def decided(self, probs: np.ndarray) -> np.ndarray:
+        """:func:`medbench.tasks.decide` at this predictor's threshold (binary tasks; multi-label labels at 0.5)."""
+        return decide(probs, self.task.name, self.threshold if self.task.name == "binary" else 0.5)
 
     def cams(self, images: torch.Tensor, probs: np.ndarray) -> list[np.ndarray]:
         """Grad-CAM overlays (uint8 RGB ``[S, S, 3]``) of the predicted class (multi-label: the top label)."""
         from medbench.explain import gradcam, overlay
 
-        if self.task.name == "binary":
-            targets = [int(p[-1] > self.threshold) for p in probs]
-        else:
-            targets = [int(i) for i in probs.argmax(1)]
+        # the decided class; multi-label: the top label
+        targets = [int(i) for i in (self.decided(probs) if self.task.name != "multilabel" else probs.argmax(1))]
         output_fn = None
         if self.task.num_outputs != self.task.num_classes:  # CORN: explain log P(class)
             output_fn = lambda logits: self.task.scores(logits).clamp_min(1e-12).log()  # noqa: E731

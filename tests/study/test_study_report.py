@@ -92,7 +92,7 @@ def _arms(summary: dict) -> dict[str, dict]:
 
 def _replicates(out: Path, run_ids, medmnist_dir) -> dict[str, np.ndarray]:
     """Independent recomputation: mean over runs of each resample's AUC / ACC on the shared count matrix."""
-    from medbench.compare import read_predictions
+    from medbench.rundir import read_predictions
     from medbench.data import load_dataset
     from medbench.metrics import bootstrap_replicates, resample_counts
 

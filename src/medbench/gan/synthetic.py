@@ -11,7 +11,7 @@ from medbench.data import ImageDataset, Split
 from medbench.data.medmnist import ARRAYS_FIX, arrays_to_split, check_shapes
 from medbench.data.npz import open_npz
 from medbench.errors import MedbenchError
-from medbench.gan.train import GENERATOR, file_sha256, generate, load_generator
+from medbench.gan.generator import GENERATOR, file_sha256, generate, load_generator
 
 
 def class_counts(real: torch.Tensor, num_classes: int, total: int, mode: str) -> list[int]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medbench.errors import MedbenchError
+from medbench.rundir import METRICS
 
 EXECUTORS = ("local", "ray")
 
@@ -44,7 +45,7 @@ def threads_per_worker(workers: int) -> int:
 def execute_job(store, job: Job, *, report: bool = False, data_dir=None, pid: int | None = None,
                 host: str | None = None) -> str:
     """Train one already-claimed run and record the outcome. Returns the final status."""
-    from medbench.run import METRICS, train
+    from medbench.run import train  # torch: imported by the worker that trains, not by the study's process
 
     run_dir = Path(job.run_dir)
     t0 = time.perf_counter()
