@@ -7,7 +7,11 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import signal
+import subprocess
+import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,6 +72,37 @@ def mirror(monkeypatch):
     for srv in started:
         srv.shutdown()
         srv.server_close()
+
+
+def kill_when(cmd: list[str], when, *, env=None, timeout: float = 300, poll: float = 0.02, group: bool = True,
+              what: str = "the process") -> str:
+    """Run ``cmd`` and SIGKILL it as soon as ``when()`` holds; return its output (stdout and stderr together).
+    The test fails when the process ended before it could be killed, or ``when()`` did not hold within
+    ``timeout`` seconds (the process is killed then too).
+
+    ``group``: the command runs in its own process group and the whole group is killed (its workers too); with
+    False only the process itself is, and its children must die on their own (PR_SET_PDEATHSIG).
+    Output goes to a file, not a pipe, so a talkative process never blocks on a full pipe."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=group, stdout=log, stderr=subprocess.STDOUT)
+        kill = (lambda: os.killpg(proc.pid, signal.SIGKILL)) if group else proc.kill
+        held = False
+        try:
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                held = bool(when())
+                if held:
+                    break
+                time.sleep(poll)
+        finally:
+            if proc.poll() is None:
+                kill()
+            proc.wait(timeout=60)
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, f"{what} ended before it could be killed:\n{output}"
+    assert held, f"{what} was killed after {timeout} s, before the awaited moment came:\n{output}"
+    return output
 
 
 def make_npz(path: Path, *, n=(60, 20, 30), size=28, channels=1, num_classes=4, multilabel=False, seed=0):

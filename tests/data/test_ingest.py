@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from medbench.data.decode import convert_channels, decode_fitted
 from medbench.data.folders import load_folder
 from medbench.data.store import DiskImages
 from medbench.errors import MedbenchError
+
+from conftest import kill_when
 
 
 @pytest.fixture(scope="module")
@@ -122,18 +123,9 @@ def test_killed_ingest_resumes_with_the_missing_chunks_only(tmp_path, chest):
     script = tmp_path / "ingest_script.py"
     script.write_text(_KILLABLE)
     first, second = tmp_path / "first.log", tmp_path / "second.log"
-    proc = subprocess.Popen([sys.executable, str(script), str(chest), str(cache), str(first), "0.03"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(cache.glob("*.store.partial/chunk-*.json"))) < 4:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when([sys.executable, str(script), str(chest), str(cache), str(first), "0.03"],
+              lambda: len(list(cache.glob("*.store.partial/chunk-*.json"))) >= 4, timeout=120, group=False,
+              what="the ingest")
     time.sleep(0.5)  # the workers die with the parent (PR_SET_PDEATHSIG); none writes a chunk after this
     (partial,) = cache.glob("*.store.partial")
     done = sorted(partial.glob("chunk-*.json"))

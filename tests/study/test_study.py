@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from medbench.config import load_config
 from medbench.errors import MedbenchError
 from medbench.study import Store, load_study, run_id, run_study, study_status
 from medbench.study.store import pid_alive
+
+from conftest import kill_when
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -136,7 +137,10 @@ def postgres_url():
         os.chown(root, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     port, data = _free_port(), root / "data"
-    run = lambda *args: subprocess.run([*as_user, *map(str, args)], capture_output=True, text=True, timeout=120)
+
+    def run(*args):
+        return subprocess.run([*as_user, *map(str, args)], capture_output=True, text=True, timeout=120)
+
     r = run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
     if r.returncode:
         pytest.fail(f"initdb failed: {r.stderr.strip()[-500:]}")
@@ -155,8 +159,9 @@ def postgres_url():
 def _fresh_store(request, tmp_path, backend: str) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'store' / 'study.db'}"
-    from medbench.study.store import metadata
     from sqlalchemy import create_engine
+
+    from medbench.study.store import metadata
 
     url = request.getfixturevalue("postgres_url")
     engine = create_engine(url)
@@ -286,24 +291,17 @@ def test_killed_study_resumes_without_duplicates(tmp_path, medmnist_dir):
     study = load_study(path)
     out = tmp_path / "study8"
     cmd = [sys.executable, "-m", "medbench.study.runner", str(path), "--out", str(out), "--workers", "2", "--quiet"]
-    proc = subprocess.Popen(cmd, env=_env(medmnist_dir), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
     db = out / "study.db"
     done = 0
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if db.is_file():
-                with Store(f"sqlite:///{db}") as store:
-                    done = store.counts()["done"]
-                if done:
-                    break
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log = proc.communicate(timeout=60)[0].decode(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the study ended before it could be killed:\n{log}"
+
+    def some_done() -> bool:
+        nonlocal done
+        if db.is_file():
+            with Store(f"sqlite:///{db}") as store:
+                done = store.counts()["done"]
+        return done > 0
+
+    kill_when(cmd, some_done, env=_env(medmnist_dir), timeout=240, poll=0.05, what="the study")
     assert 1 <= done < 8
     with Store(f"sqlite:///{db}") as store:
         t = time.time() + 30  # the killed workers are gone (or zombies) shortly after
