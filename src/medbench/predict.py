@@ -87,7 +87,7 @@ class Predictor:
     def load_image(self, path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
         """One image file -> uint8 ``[C, S, S]`` exactly as training data was prepared (fit, then channels).
 
-        The header is checked first (``max_pixels``, default :data:`medbench.data.decode.MAX_PIXELS`; one frame),
+        The header is checked first (``max_pixels``, default :data:`medbench.data.headers.MAX_PIXELS`; one frame),
         and decoding stays in uint8 (:func:`medbench.data.decode.decode_fitted`). Any failure is one
         :class:`MedbenchError` naming the file.
         """

@@ -47,7 +47,7 @@ def cannot_decode(path, reason: str) -> MedbenchError:
 # the messages keep naming medbench.data.decode, which re-exports the limits: where users have always read them
 def too_large(path, width: int, height: int, limit: int | None = None) -> MedbenchError:
     limit = MAX_PIXELS if limit is None else limit
-    name = " (medbench.data.decode.MAX_PIXELS)" if limit == MAX_PIXELS else ""
+    name = " (medbench.data.headers.MAX_PIXELS)" if limit == MAX_PIXELS else ""
     return MedbenchError(f"{path}: declared size {width}x{height} ({width * height} pixels) exceeds the limit of "
                          f"{limit} pixels{name}; downscale the image first")
 
@@ -67,7 +67,7 @@ def check_header(path, head: ImageHeader, max_pixels: int | None = None) -> Imag
         raise too_large(path, w, h, limit)
     if max(w, h) > MAX_SIDE:
         raise MedbenchError(f"{path}: declared size {w}x{h} exceeds the limit of {MAX_SIDE} pixels per side "
-                            f"(medbench.data.decode.MAX_SIDE); crop or downscale the image first")
+                            f"(medbench.data.headers.MAX_SIDE); crop or downscale the image first")
     if head.frames > 1:
         raise multi_frame(path, head.frames)
     return head
