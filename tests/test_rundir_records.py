@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from medbench.errors import MedbenchError
-from medbench.rundir import (DataSpec, predictions_path, read_data_spec, read_metrics, read_predictions,
-                             write_data_spec, write_predictions)
+from medbench.rundir import (
+    DataSpec,
+    predictions_path,
+    read_data_spec,
+    read_metrics,
+    read_predictions,
+    write_data_spec,
+    write_predictions,
+)
 
 
 def test_predictions_round_trip_exactly(tmp_path):

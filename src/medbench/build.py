@@ -20,22 +20,7 @@ from medbench.tasks import Task, make_task
 
 def source_options(cfg: RunConfig) -> dict:
     """The config's settings for a folder: or csv: dataset, as loader keyword arguments ({} for MedMNIST)."""
-    return cfg.source.loader_options() if hasattr(cfg, "source") else _source_options(cfg)
-
-
-def _source_options(cfg: RunConfig) -> dict:
-    if cfg.dataset.startswith("folder:"):
-        return dict(label_regex=cfg.label_regex, resize=cfg.fit, val_from_train=cfg.val_from_train,
-                    test_from_train=cfg.test_from_train, group_regex=cfg.group_regex, seed=cfg.split_seed,
-                    skip_bad=cfg.skip_bad)
-    if cfg.dataset.startswith("csv:"):
-        if not cfg.image_col or not cfg.label_cols:
-            raise MedbenchError(f"{cfg.dataset}: a CSV dataset needs --image-col and --label-cols")
-        return dict(image_col=cfg.image_col, label_cols=cfg.label_cols, split_col=cfg.split_col,
-                    uncertain=cfg.uncertain, resize=cfg.fit, val_from_train=cfg.val_from_train,
-                    test_from_train=cfg.test_from_train, group_regex=cfg.group_regex, seed=cfg.split_seed,
-                    skip_bad=cfg.skip_bad, allow_outside_root=cfg.allow_outside_root)
-    return {}
+    return cfg.source.loader_options()
 
 
 def build_dataset(cfg: RunConfig, data_dir=None, quiet: bool = True) -> ImageDataset:
@@ -108,7 +93,7 @@ def load_trained_model(path: Path, cfg: RunConfig, ds, task: Task, device) -> to
     model = build_model(cfg, ds, task, load_weights=False)
     try:
         state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for truncated/corrupt files
         raise MedbenchError(f"{path}: cannot read weights ({e}); the file is damaged, retrain the run") from None
     check_fits(state, model.state_dict(), str(path), cfg.model)
     model.load_state_dict(state)

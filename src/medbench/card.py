@@ -17,8 +17,16 @@ from medbench.config import load_config
 from medbench.errors import MedbenchError
 from medbench.fileio import write_json, write_text
 from medbench.metrics import bootstrap_metrics
-from medbench.rundir import (CARD_JSON, CARD_MD, CONFIG, METRICS, predictions_path, read_metrics, read_predictions,
-                             read_provenance)
+from medbench.rundir import (
+    CARD_JSON,
+    CARD_MD,
+    CONFIG,
+    METRICS,
+    predictions_path,
+    read_metrics,
+    read_predictions,
+    read_provenance,
+)
 
 CARD_REPLICATES = 1000
 NOT_CLINICAL = ("Not for clinical use. This model is a research artefact: it has not been validated, cleared or "
@@ -109,7 +117,8 @@ def card_markdown(card: dict) -> str:
              f"{card['provenance'].get('started', '?')}", "",
              "## Data", "",
              f"- Dataset: {card['dataset']} ({card['task']} task)",
-             f"- Source: {card['provenance'].get('data_source', 'n/a')} (md5 {card['provenance'].get('data_md5', 'n/a')})",
+             f"- Source: {card['provenance'].get('data_source', 'n/a')} "
+             f"(md5 {card['provenance'].get('data_md5', 'n/a')})",
              f"- {'Labels' if card['task'] == 'multilabel' else 'Classes'} ({len(card['classes'])}): "
              + ", ".join(f"`{c}`" for c in card["classes"]), ""]
     lines += ["## Metrics", "", "| split | n | " + " | ".join(k for k in SHOWN) + " |",

@@ -106,7 +106,7 @@ def load_resume(out: Path, cfg: RunConfig) -> tuple[dict, dict]:
         with safe_open(str(path), framework="pt") as f:
             state = json.loads(f.metadata()["medbench_resume"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors' own error types for truncated or corrupt files
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types for truncated or corrupt files
         raise MedbenchError(f"{path}: damaged resume state ({type(e).__name__}: {e}); delete it and retrain") from None
     if state.get("config") != cfg.model_dump(mode="json"):
         raise MedbenchError(f"{path} was saved with other settings than {out / CONFIG}; refusing to mix them")

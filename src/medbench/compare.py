@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from medbench.build import build_dataset, source_options
 from medbench.config import load_config
 from medbench.errors import MedbenchError

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -18,8 +18,19 @@ from medbench.data import SPLITS, ImageDataset
 from medbench.engine import predict_logits, resolve_device
 from medbench.errors import MedbenchError
 from medbench.metrics import bootstrap_metrics, compute_metrics, youden_threshold
-from medbench.rundir import (CONFIG, METRICS, locked, model_weights, predictions_path, read_metrics, recorded_md5,
-                             require_run_dir, unfinished, write_metrics, write_predictions)
+from medbench.rundir import (
+    CONFIG,
+    METRICS,
+    locked,
+    model_weights,
+    predictions_path,
+    read_metrics,
+    recorded_md5,
+    require_run_dir,
+    unfinished,
+    write_metrics,
+    write_predictions,
+)
 
 # metrics also reported at the validation-chosen (Youden) threshold of binary tasks
 YOUDEN_KEYS = ("threshold", "acc", "balanced_acc", "sensitivity", "specificity", "precision_macro", "recall_macro",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from medbench import distributed
 from medbench.baselines import is_baseline
@@ -25,8 +26,19 @@ from medbench.handlers import fmt
 from medbench.progress import console
 from medbench.report import write_run_report
 from medbench.report.figures import confusion_figure, roc_figure
-from medbench.rundir import (CONFIG, HISTORY, METRICS, RESUME, TENSORBOARD, claim_new, locked, member_dirs,
-                             predictions_path, read_metrics, read_predictions)
+from medbench.rundir import (
+    CONFIG,
+    HISTORY,
+    METRICS,
+    RESUME,
+    TENSORBOARD,
+    claim_new,
+    locked,
+    member_dirs,
+    predictions_path,
+    read_metrics,
+    read_predictions,
+)
 from medbench.training import fit_baseline, provenance, start_run_dir, train_network
 
 __all__ = ["train", "evaluate"]

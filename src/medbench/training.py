@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -22,12 +22,19 @@ from medbench.augment import BatchMix, build_augment
 from medbench.build import build_model, build_preprocess, build_task, place_model
 from medbench.checkpoint import KeptCheckpoints, load_resume, restore, save_resume
 from medbench.config import RunConfig, dump_config
-from medbench.data import OWN_DATA, ImageDataset
+from medbench.data import ImageDataset
 from medbench.data.memory import fits_on_device
 from medbench.data.splits import leakage_report
 from medbench.data.store import cat_images, on_disk
-from medbench.engine import (Precision, WeightEMA, build_optimizer, build_scheduler, predict_logits, steps_per_epoch,
-                             train_one_epoch)
+from medbench.engine import (
+    Precision,
+    WeightEMA,
+    build_optimizer,
+    build_scheduler,
+    predict_logits,
+    steps_per_epoch,
+    train_one_epoch,
+)
 from medbench.errors import MedbenchError
 from medbench.fileio import write_json, write_text
 from medbench.gan.synthetic import synthetic_split
@@ -164,7 +171,7 @@ def build_loop(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.
     sched = build_scheduler(cfg, opt, steps)
     gen = torch.Generator().manual_seed(cfg.seed)  # the same batch order on every rank
     ema = WeightEMA(model, cfg.ema) if cfg.ema > 0 else None
-    own = cfg.dataset.startswith(OWN_DATA)
+    own = cfg.source.kind != "medmnist"
     record = provenance(ds, device=str(device),
                         **({"data_cache_key": ds.meta["cache"]["key"]} if own and "cache" in ds.meta else {}),
                         precision=precision.name, world_size=dist.world,

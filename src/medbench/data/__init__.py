@@ -1,6 +1,6 @@
 """Data sources, each turned into an :class:`ImageDataset` of uint8 tensors."""
+from medbench.config.sources import PREFIXES, parse_dataset
 from medbench.data.dataset import SPLITS, ImageDataset, Split, check_classes
-from medbench.errors import MedbenchError
 from medbench.data.medmnist import (
     CATALOGUE,
     SIZES,
@@ -10,6 +10,7 @@ from medbench.data.medmnist import (
     load_medmnist,
     read_npz,
 )
+from medbench.errors import MedbenchError
 
 __all__ = [
     "SPLITS", "ImageDataset", "Split", "CATALOGUE", "SIZES", "data_root", "download",
@@ -17,7 +18,7 @@ __all__ = [
 ]
 
 
-OWN_DATA = ("folder:", "csv:")
+OWN_DATA = tuple(PREFIXES.values())  # ("folder:", "csv:")
 
 
 def load_dataset(name: str, size: int = 28, data_dir=None, *, download_missing: bool = True,
@@ -31,17 +32,18 @@ def load_dataset(name: str, size: int = 28, data_dir=None, *, download_missing: 
     A single-label dataset whose train or val split holds fewer than two classes is refused
     (:func:`medbench.data.dataset.check_classes`): nothing can be learnt, or no epoch and threshold chosen.
     """
-    if name.startswith("folder:"):
+    kind, where = parse_dataset(name)
+    if kind == "folder":
         from medbench.data.cache import default_cache_dir
         from medbench.data.folders import load_folder
 
-        ds = load_folder(name[len("folder:"):], size=size, cache_dir=default_cache_dir(), progress=progress,
+        ds = load_folder(where, size=size, cache_dir=default_cache_dir(), progress=progress,
                          memory_budget=memory_budget, **options)
-    elif name.startswith("csv:"):
+    elif kind == "csv":
         from medbench.data.cache import default_cache_dir
         from medbench.data.tables import load_csv
 
-        ds = load_csv(name[len("csv:"):], size=size, cache_dir=default_cache_dir(), progress=progress,
+        ds = load_csv(where, size=size, cache_dir=default_cache_dir(), progress=progress,
                       memory_budget=memory_budget, **options)
     else:
         if options:

@@ -45,7 +45,7 @@ def load_generator(path: str | Path, device="cpu") -> tuple[Generator, dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors' own error types for damaged files
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types for damaged files
         raise MedbenchError(f"{path}: cannot read the generator ({e}); retrain it with `medbench gan train`") from None
     if meta.get("format") != FORMAT:
         raise MedbenchError(f"{path} is not a medbench generator (no '{FORMAT}' metadata)")

@@ -14,8 +14,8 @@ from medbench.engine import predict_logits, resolve_device
 from medbench.fileio import write_json
 from medbench.gan.generator import generate, load_generator
 from medbench.progress import console
-from medbench.rundir import CONFIG
 from medbench.run import train
+from medbench.rundir import CONFIG
 
 QUALITY = "quality.json"
 

@@ -2,12 +2,43 @@
 
 Everything that reads or writes a run directory imports its names and readers from here."""
 from medbench.rundir.claim import LOCK, claim, claim_new, locked
-from medbench.rundir.layout import (CARD_JSON, CARD_MD, CHECKPOINT_INDEX, CHECKPOINTS, CONFIG, DATA_SPEC, HISTORY,
-                                    LEAKAGE, MEMBERS, METRICS, PREDICTIONS, REPORT, RESUME, SHOWN_FILES, SKIPPED,
-                                    TENSORBOARD, WEIGHTS, member_dirs, predictions_path, require_run_dir)
-from medbench.rundir.records import (DataSpec, data_spec, kept_checkpoints, model_weights, read_data_spec,
-                                     read_metrics, read_predictions, read_provenance, recorded_md5, unfinished,
-                                     write_data_spec, write_metrics, write_predictions)
+from medbench.rundir.layout import (
+                                    CARD_JSON,
+                                    CARD_MD,
+                                    CHECKPOINT_INDEX,
+                                    CHECKPOINTS,
+                                    CONFIG,
+                                    DATA_SPEC,
+                                    HISTORY,
+                                    LEAKAGE,
+                                    MEMBERS,
+                                    METRICS,
+                                    PREDICTIONS,
+                                    REPORT,
+                                    RESUME,
+                                    SHOWN_FILES,
+                                    SKIPPED,
+                                    TENSORBOARD,
+                                    WEIGHTS,
+                                    member_dirs,
+                                    predictions_path,
+                                    require_run_dir,
+)
+from medbench.rundir.records import (
+                                    DataSpec,
+                                    data_spec,
+                                    kept_checkpoints,
+                                    model_weights,
+                                    read_data_spec,
+                                    read_metrics,
+                                    read_predictions,
+                                    read_provenance,
+                                    recorded_md5,
+                                    unfinished,
+                                    write_data_spec,
+                                    write_metrics,
+                                    write_predictions,
+)
 
 __all__ = ["LOCK", "claim", "claim_new", "locked", "CARD_JSON", "CARD_MD", "CHECKPOINT_INDEX", "CHECKPOINTS",
            "CONFIG", "DATA_SPEC", "HISTORY", "LEAKAGE", "MEMBERS", "METRICS", "PREDICTIONS", "REPORT", "RESUME",

@@ -12,8 +12,16 @@ import numpy as np
 from medbench.config import PROVENANCE_KEY
 from medbench.errors import MedbenchError
 from medbench.fileio import read_json, write_json, write_text
-from medbench.rundir.layout import (CHECKPOINT_INDEX, CHECKPOINTS, CONFIG, DATA_SPEC, METRICS, RESUME, WEIGHTS,
-                                    member_dirs)
+from medbench.rundir.layout import (
+    CHECKPOINT_INDEX,
+    CHECKPOINTS,
+    CONFIG,
+    DATA_SPEC,
+    METRICS,
+    RESUME,
+    WEIGHTS,
+    member_dirs,
+)
 
 
 @dataclass
@@ -119,7 +127,7 @@ def unfinished(run_dir: str | os.PathLike) -> str | None:
         with safe_open(str(path), framework="pt") as f:
             state = json.loads(f.metadata()["medbench_resume"])
         return f"stopped after epoch {int(state['epoch'])} of {int(state['config']['epochs'])}"
-    except Exception:  # a damaged resume file still says the run did not finish
+    except Exception:  # noqa: BLE001 - a damaged resume file still says the run did not finish
         return f"killed during training ({RESUME} left behind)"
 
 
