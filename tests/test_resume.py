@@ -5,10 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from safetensors import safe_open
@@ -16,6 +14,8 @@ from safetensors import safe_open
 from medbench.cli import main
 from medbench.data.memory import BUDGET_ENV
 from medbench.rundir import RESUME
+
+from conftest import kill_when
 
 # with weight EMA: the averaged weights are part of the state a resumed run must continue from
 ARGS = ["--dataset", "breastmnist", "--model", "cnn5", "--epochs", "4", "--deterministic", "--seed", "3",
@@ -35,26 +35,14 @@ def _resume_epoch(path) -> int | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads(f.metadata()["medbench_resume"])["epoch"]
-    except Exception:  # not there yet, or being replaced
+    except Exception:  # noqa: BLE001 - not there yet, or being replaced
         return None
 
 
 def _train_and_kill(args, env, when) -> None:
     """``medbench train ARGS`` in its own process group, SIGKILLed as soon as ``when()`` holds."""
-    proc = subprocess.Popen([sys.executable, "-m", "medbench", "train", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline:
-            if when():
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        err = proc.communicate(timeout=60)[1].decode(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
+    kill_when([sys.executable, "-m", "medbench", "train", *args], when, env=env, timeout=300, poll=0.01,
+              what="the run")
 
 
 def _history(path):
@@ -84,7 +72,8 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, medmnist_d
     assert a == b  # every metric of every split, exactly
     assert _history(full / "history.csv") == _history(killed / "history.csv")
     # the same best weights (equal values: a zero's sign may differ between the two processes' kernel paths)
-    with safe_open(str(full / "model.safetensors"), "pt") as fa, safe_open(str(killed / "model.safetensors"), "pt") as fb:
+    with safe_open(str(full / "model.safetensors"), "pt") as fa, \
+            safe_open(str(killed / "model.safetensors"), "pt") as fb:
         assert fa.metadata() == fb.metadata() and sorted(fa.keys()) == sorted(fb.keys())
         assert [k for k in fa.keys() if not fa.get_tensor(k).equal(fb.get_tensor(k))] == [], stopped_after
     assert not (killed / RESUME).exists()
@@ -124,7 +113,7 @@ def _partial(path) -> dict | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads(f.metadata()["medbench_resume"]).get("partial")
-    except Exception:
+    except Exception:  # noqa: BLE001 - not there yet, or being replaced
         return None
 
 
