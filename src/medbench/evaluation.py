@@ -142,6 +142,24 @@ def _network_scores(run_dir: Path, cfg: RunConfig, ds: ImageDataset, task, devic
     view make them (for the task's own loss). One network in memory at a time."""
     prep = build_preprocess(cfg, ds)
     views = 2 if tta else 1
+    with fixed_conv_algorithms():
+        return _mean_probabilities(run_dir, cfg, ds, task, device, dist, members, needed, prep, views)
+
+
+@contextlib.contextmanager
+def fixed_conv_algorithms():
+    """cuDNN's heuristic convolution algorithms instead of benchmark mode's timed choice, so a run evaluated again
+    (later, in another process) gets the same probabilities bit for bit on the same GPU; no effect on the CPU."""
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+
+
+def _mean_probabilities(run_dir: Path, cfg: RunConfig, ds: ImageDataset, task, device, dist, members: list[Path],
+                        needed: list[str], prep, views: int) -> tuple[dict, dict]:
     probs: dict[str, torch.Tensor] = {}
     single_logits: dict[str, torch.Tensor] = {}
     for path in members:
