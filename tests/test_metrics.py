@@ -364,9 +364,9 @@ def test_youden_threshold_with_ties_and_extremes(seed):
 def test_resample_counts_are_the_documented_resamples(monkeypatch, block):
     import torch
 
-    from medbench import metrics
+    from medbench.metrics import resampling
 
-    monkeypatch.setattr(metrics, "RESAMPLE_BLOCK", block)
+    monkeypatch.setattr(resampling, "RESAMPLE_BLOCK", block)
     for n, reps, seed in ((1, 3, 0), (7, 20, 1), (300, 41, 2)):
         counts = resample_counts(n, reps, seed)
         idx = torch.randint(0, n, (reps, n), generator=torch.Generator().manual_seed(seed)).numpy()
@@ -376,9 +376,9 @@ def test_resample_counts_are_the_documented_resamples(monkeypatch, block):
 
 @pytest.mark.parametrize("block", [2 ** 23, 2000])  # all replicates at once, or 5 at a time (bounded memory)
 def test_weighted_auc_equals_sklearn_with_sample_weights(monkeypatch, block):
-    from medbench import metrics
+    from medbench.metrics import ranking
 
-    monkeypatch.setattr(metrics, "AUC_BLOCK", block)
+    monkeypatch.setattr(ranking, "AUC_BLOCK", block)
     rng = np.random.default_rng(4)
     y = (rng.random(400) < 0.3).astype(int)
     s = np.round(rng.random(400) + 0.3 * y, 1)

@@ -33,7 +33,7 @@ def test_multilabel_sigmoid_bce_and_threshold():
     y = torch.tensor([[1, 0, 1]])
     t = make_task("multilabel", 3)
     assert torch.allclose(t.loss(logits, y), F.binary_cross_entropy_with_logits(logits, y.float()))
-    assert t.predict(t.scores(logits)).tolist() == [[1, 0, 0]]  # sigmoid(0) = 0.5 is not > 0.5
+    assert t.decide(t.scores(logits)).tolist() == [[1, 0, 0]]  # sigmoid(0) = 0.5 is not > 0.5
 
 
 def test_corn_probabilities_are_valid_and_rank_consistent():
@@ -69,7 +69,7 @@ def test_corn_learns_an_ordinal_problem():
         opt.zero_grad()
         t.loss(model(x), y).backward()
         opt.step()
-    pred = t.predict(t.scores(model(x)))
+    pred = t.decide(t.scores(model(x)))
     assert (pred == y[:, 0]).float().mean() > 0.9
 
 
@@ -85,3 +85,27 @@ def test_multilabel_loss_leaves_unknown_labels_out():
     loss.backward()
     assert (logits.grad[~known] == 0).all() and (logits.grad[known] != 0).all()
     assert torch.allclose(t.loss(logits, y.clamp_min(0)), F.binary_cross_entropy_with_logits(logits, y.clamp_min(0).float()))
+
+
+def test_decide_is_the_one_decision_rule_for_numpy_and_torch():
+    import numpy as np
+
+    from medbench.metrics import acc, compute_metrics
+    from medbench.tasks import decide
+
+    s = np.array([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]])
+    assert decide(s, "binary").tolist() == [0, 1, 0]  # 0.5 is not > 0.5
+    assert decide(s, "binary", threshold=0.25).tolist() == [1, 1, 1]
+    assert decide(s, "multiclass").tolist() == decide(s, "ordinal").tolist() == [0, 1, 0]
+    assert decide(s, "multilabel").tolist() == [[1, 0], [0, 1], [0, 0]]
+    for task in ("binary", "multiclass", "multilabel"):
+        assert decide(torch.from_numpy(s), task, 0.45).tolist() == decide(s, task, 0.45).tolist()
+    with pytest.raises(MedbenchError, match="unknown task"):
+        decide(s, "regression")
+    # the metrics decide with it: accuracy and the confusion matrix follow the threshold given
+    y = np.array([[0], [1], [1]])
+    for t in (0.25, 0.5, 0.55):
+        pred = decide(s, "binary", t)
+        assert acc(y, s, "binary", t) == np.mean(pred == y[:, 0])
+        cm = compute_metrics(y, s, "binary", threshold=t)["confusion_matrix"]
+        assert cm == [[int(((y[:, 0] == i) & (pred == j)).sum()) for j in (0, 1)] for i in (0, 1)]
