@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medbench.models.finetune import classifier_of
+
 MODES = ("bilinear", "nearest", "bicubic", "pad")
 
 
@@ -21,8 +23,6 @@ class InputAdapter(nn.Module):
                              persistent=False)
 
     def get_classifier(self) -> nn.Module:
-        from medbench.models.finetune import classifier_of
-
         return classifier_of(self.net)
 
     def extra_repr(self) -> str:

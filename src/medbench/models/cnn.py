@@ -20,6 +20,11 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+# stochastic depth (drop_path_rate) skips residual branches at random: these plain stacks have none to skip
+NO_RESIDUAL = {"drop_path_rate": "stochastic depth skips residual branches at random, and this plain stack of "
+                                 "convolution blocks has none"}
+
+
 def _pooled(size: int, times: int) -> int:
     for _ in range(times):
         size = -(-size // 2)  # max-pool with ceil_mode: 28 -> 14 -> 7 -> 4 -> 2 -> 1
@@ -27,7 +32,7 @@ def _pooled(size: int, times: int) -> int:
 
 
 @register_model("cnn2", "cnn", "two conv(3x3)+ReLU+max-pool blocks (32, 64 channels) and a linear head "
-                "(the fundus report's first baseline)", min_size=4)
+                "(the fundus report's first baseline)", min_size=4, refusals=NO_RESIDUAL)
 def cnn2(num_classes, in_chans=3, img_size=28, pretrained=False):
     features = nn.Sequential(
         nn.Conv2d(in_chans, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True),
@@ -36,7 +41,7 @@ def cnn2(num_classes, in_chans=3, img_size=28, pretrained=False):
 
 
 @register_model("cnn5", "cnn", "five conv blocks (32-64-64-128-256) with batch-norm, dropout and max-pool, "
-                "a 128-unit dense layer with dropout (the pneumonia report's CNN)", min_size=16)
+                "a 128-unit dense layer with dropout (the pneumonia report's CNN)", min_size=16, refusals=NO_RESIDUAL)
 def cnn5(num_classes, in_chans=3, img_size=28, pretrained=False, drop_rate: float = 0.2):
     layers, c_in = [], in_chans
     for c_out, drop in [(32, False), (64, True), (64, False), (128, True), (256, True)]:

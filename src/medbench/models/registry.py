@@ -1,6 +1,8 @@
 """Model registry in the style of timm: a name maps to a builder ``(num_classes, in_chans, img_size,
-pretrained, **kw)``; ``pretrained`` only tells the builder that ImageNet weights will be loaded (ResNets then keep
-the ImageNet stem), the loading itself is shared.
+pretrained, **options)``; ``pretrained`` only tells the builder that ImageNet weights will be loaded (ResNets then
+keep the ImageNet stem), the loading itself is shared. Each entry records the ``options`` (builder keyword
+arguments such as ``drop_rate``, ``drop_path_rate``, ``stem``) it accepts; any other is refused in one line that
+says which models take it.
 
 ``create_model`` adds what every entry shares: pretrained weights (``weights.py``), truncation of the last
 stages (``truncate.py``) and input adaptation for networks that need bigger images (``adapt.py``).
@@ -8,37 +10,30 @@ stages (``truncate.py``) and input adaptation for networks that need bigger imag
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 
 from medbench.errors import MedbenchError
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    family: str
-    builder: Callable[..., nn.Module]
-    description: str = ""
-    min_size: int = 28  # smallest input (px) the network accepts; smaller data is resized up to it
-    default_size: int = 28  # the input size the architecture was designed for
-    pretrained: str | None = None  # where ImageNet weights come from: "torchvision:<Weights.ENUM>" or "timm:<name>"
-    first_conv: str | None = "conv1"  # module names that pretrained loading adapts / replaces (None: timm's cfg)
-    classifier: str | None = "fc"
-    truncatable: bool = False
-
+from medbench.models.adapt import InputAdapter
+from medbench.models.entry import ModelEntry, builder_options
+from medbench.models.truncate import truncate_model
+from medbench.models.weights import load_pretrained
 
 _REGISTRY: dict[str, ModelEntry] = {}
+FLAGS = {"drop_rate": "--drop-rate", "drop_path_rate": "--drop-path-rate", "stem": "--stem"}  # run settings
 
 
-def register_model(name: str, family: str, description: str = "", **meta):
+def register_model(name: str, family: str, description: str = "", *, options: tuple[str, ...] | None = None,
+                   refusals: Mapping[str, str] | None = None, **meta):
+    """Register a builder. ``options``: the keyword arguments it takes beyond the common four (default: read
+    from its signature); ``refusals``: option -> why this model cannot take it, shown when it is asked for."""
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' registered twice")
-        _REGISTRY[name] = ModelEntry(name, family, fn, description, **meta)
+        _REGISTRY[name] = ModelEntry(name, family, fn, description, options=builder_options(fn, options),
+                                     refusals=dict(refusals or {}), **meta)
         return fn
 
     return deco
@@ -72,6 +67,40 @@ def network_input_size(entry: ModelEntry, img_size: int, input_adapt: str = "aut
     return size
 
 
+def _takers(option: str) -> str:
+    """The models that take ``option``: whole families where every member does, else the models by name."""
+    names, families = [], []
+    for family in sorted({e.family for e in _REGISTRY.values()}):
+        members = [e for e in _REGISTRY.values() if e.family == family]
+        taking = [e.name for e in members if option in e.options]
+        if taking and len(taking) == len(members):
+            families.append(family)
+        else:
+            names += taking
+    if families:
+        listed = families[0] if len(families) == 1 else f"{', '.join(families[:-1])} and {families[-1]}"
+        names.append(f"the {listed} famil{'y' if len(families) == 1 else 'ies'}")
+    return ", ".join(names)
+
+
+def _named(option: str) -> str:
+    return f"{option} ({FLAGS[option]})" if option in FLAGS else option
+
+
+def check_options(entry: ModelEntry, options: Mapping) -> None:
+    """Refuse, in one line, options the entry's builder does not take: why (when the entry says), what it does
+    take, and which models take the refused option."""
+    refused = [k for k in options if k not in entry.options]
+    if not refused:
+        return
+    why = "; ".join(entry.refusals[k] for k in refused if k in entry.refusals)
+    takes = ", ".join(map(_named, entry.options)) or "no extra options"
+    elsewhere = ". ".join(f"Models that take {k}: {_takers(k)}" if _takers(k) else f"No model takes {k}"
+                          for k in refused)
+    raise MedbenchError(f"model '{entry.name}' does not take {', '.join(map(_named, refused))}"
+                        f"{f': {why}' if why else ''}. It takes {takes}. {elsewhere}")
+
+
 def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: int = 28, pretrained: bool = False,
                  weights: str | None = None, truncate: int = 0, input_adapt: str = "auto",
                  input_size: int | None = None, resize_mode: str = "bilinear", pad_value: float | list = 0.0,
@@ -84,20 +113,14 @@ def create_model(name: str, *, num_classes: int, in_chans: int = 3, img_size: in
     with ``input_size``) pass through an :class:`~medbench.models.adapt.InputAdapter`. ``load_weights=False``
     builds the architecture that pretrained/weights imply without loading them (to reload a trained run).
     """
-    from medbench.models.adapt import InputAdapter
-    from medbench.models.truncate import truncate_model
-    from medbench.models.weights import load_pretrained
-
     entry = model_entry(name)
+    check_options(entry, kwargs)
     if input_adapt not in ("auto", "native", "resize", "pad"):
         raise MedbenchError(f"unknown input adaptation '{input_adapt}'; valid: auto, native, resize, pad")
     net_size = network_input_size(entry, img_size, input_adapt, input_size)
     use_weights = pretrained or weights is not None
-    try:
-        model = entry.builder(num_classes=num_classes, in_chans=in_chans, img_size=net_size, pretrained=use_weights,
-                              **kwargs)
-    except TypeError as e:
-        raise MedbenchError(f"model '{name}' does not take {sorted(kwargs)}: {e}") from None
+    model = entry.builder(num_classes=num_classes, in_chans=in_chans, img_size=net_size, pretrained=use_weights,
+                          **kwargs)
     source = load_pretrained(model, entry, in_chans=in_chans, weights=weights) if use_weights and load_weights else None
     if truncate:
         model = truncate_model(model, entry, truncate, num_classes)
@@ -131,8 +154,8 @@ def model_info(name: str, *, num_classes: int = 2, in_chans: int = 3, img_size: 
     size = img_size or entry.default_size
     meta = {"name": name, "family": entry.family, "description": entry.description,
             "pretrained_available": entry.pretrained is not None, "truncatable": entry.truncatable,
-            "default_size": entry.default_size, "min_size": entry.min_size, "img_size": size,
-            "in_chans": in_chans, "num_classes": num_classes}
+            "default_size": entry.default_size, "min_size": entry.min_size, "options": list(entry.options),
+            "img_size": size, "in_chans": in_chans, "num_classes": num_classes}
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=size, **kwargs)
     meta["params"] = num_params(model)
     if flops:
@@ -157,5 +180,5 @@ def catalogue() -> list[dict]:
         rows.append({"name": name, "family": entry.family, "params": num_params(model),
                      "pretrained_available": entry.pretrained is not None, "truncatable": entry.truncatable,
                      "default_size": entry.default_size, "min_size": entry.min_size,
-                     "description": entry.description})
+                     "options": list(entry.options), "description": entry.description})
     return rows

@@ -4,9 +4,15 @@ MedMNIST v2's benchmark ResNets keep torchvision's body but, at 28 px, replace t
 by a 3x3/1 convolution, so the 28x28 map is not shrunk to 7x7 before the first block. From 64 px up (and
 whenever ImageNet weights are loaded) they use the ImageNet stem. The first convolution takes the data's own
 channel count (1 or 3).
+
+``drop_path_rate`` adds stochastic depth (Huang et al., 2016): in training, each residual block's branch is
+dropped for a random subset of the samples (timm's ``DropPath``, survivors scaled by 1 / keep), with rates rising
+linearly from 0 at the first block to ``drop_path_rate`` at the last, as timm's ResNets do. Parameters and
+state-dict names are unchanged, so weights load the same with or without it; evaluation is unaffected.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from torchvision.models import resnet
 
@@ -16,8 +22,41 @@ from medbench.models.registry import register_model
 STEMS = ("auto", "small", "imagenet")
 
 
+def _branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The residual branch of a torchvision BasicBlock or Bottleneck (its forward, less the sum)."""
+    out = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+    if isinstance(block, resnet.Bottleneck):
+        out = block.bn3(block.conv3(block.relu(out)))
+    return out
+
+
+class DropPathBasicBlock(resnet.BasicBlock):
+    """A BasicBlock whose residual branch passes through ``self.drop_path`` before the sum."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.drop_path(_branch(self, x)) + identity)
+
+
+class DropPathBottleneck(resnet.Bottleneck):
+    """A Bottleneck whose residual branch passes through ``self.drop_path`` before the sum."""
+
+    forward = DropPathBasicBlock.forward
+
+
+def add_stochastic_depth(model: resnet.ResNet, rate: float) -> None:
+    """Give block i of N (over all stages) ``DropPath(rate * i / (N - 1))``; the first block (rate 0) stays."""
+    from timm.layers import DropPath  # timm's import costs seconds; only runs that ask for it pay
+
+    blocks = [b for stage in (model.layer1, model.layer2, model.layer3, model.layer4) for b in stage]
+    for i, block in enumerate(blocks[1:], start=1):
+        # the same parameters and names, a forward with the drop: swap the class rather than rebuild the block
+        block.__class__ = DropPathBottleneck if isinstance(block, resnet.Bottleneck) else DropPathBasicBlock
+        block.drop_path = DropPath(rate * i / (len(blocks) - 1))
+
+
 def _resnet(builder, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
-            stem: str = "auto") -> nn.Module:
+            stem: str = "auto", drop_path_rate: float = 0.0) -> nn.Module:
     if stem not in STEMS:
         raise MedbenchError(f"unknown stem '{stem}'; valid: {', '.join(STEMS)}")
     if stem == "auto":
@@ -33,12 +72,14 @@ def _resnet(builder, num_classes: int, in_chans: int, img_size: int, pretrained:
     elif in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if drop_path_rate:
+        add_stochastic_depth(model, drop_path_rate)
     return model
 
 
 def _register(name: str, builder, weights: str | None, description: str) -> None:
-    def build(num_classes, in_chans=3, img_size=28, pretrained=False, stem="auto"):
-        return _resnet(builder, num_classes, in_chans, img_size, pretrained, stem)
+    def build(num_classes, in_chans=3, img_size=28, pretrained=False, stem="auto", drop_path_rate: float = 0.0):
+        return _resnet(builder, num_classes, in_chans, img_size, pretrained, stem, drop_path_rate)
 
     build.__name__ = name
     register_model(name, "resnet", description + "; 3x3/1 stem below 64 px (MedMNIST), ImageNet stem from 64 px",

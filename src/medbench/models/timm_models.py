@@ -30,18 +30,31 @@ TIMM_MODELS = {
 }
 
 
+# families whose timm classes have no stochastic depth, and why
+NO_DROP_PATH = {
+    "densenet": "DenseNet's dense blocks concatenate features instead of adding a residual branch, so there is no "
+                "branch to skip (timm's DenseNet has no stochastic depth)",
+    "inception": "Inception-V3/V4 have no residual branches to skip",
+}
+
+
 def _register(name: str, timm_name: str, family: str, description: str, min_size: int, default_size: int,
               truncatable: bool) -> None:
-    def build(num_classes, in_chans=3, img_size=default_size, pretrained=False, drop_rate: float = 0.0):
+    def build(num_classes, in_chans=3, img_size=default_size, pretrained=False, drop_rate: float = 0.0,
+              **options):
         import timm
 
+        # drop_path_rate: timm's stochastic depth, rising linearly over the blocks to at most this rate
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
-                                 drop_rate=drop_rate)
+                                 drop_rate=drop_rate, **options)
 
     build.__name__ = name
+    drop_path = family not in NO_DROP_PATH
+    options = ("drop_rate", "drop_path_rate") if drop_path else ("drop_rate",)
+    refusals = {} if drop_path else {"drop_path_rate": NO_DROP_PATH[family]}
     register_model(name, family, f"{description} (timm '{timm_name}')", min_size=min_size,
                    default_size=default_size, pretrained=f"timm:{timm_name}", first_conv=None, classifier=None,
-                   truncatable=truncatable)(build)
+                   truncatable=truncatable, options=options, refusals=refusals)(build)
 
 
 for _name, _spec in TIMM_MODELS.items():

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from medbench.errors import MedbenchError
-from medbench.models.registry import ModelEntry
+from medbench.models.entry import ModelEntry
 
 
 class TruncatedNet(nn.Module):

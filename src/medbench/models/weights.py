@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from medbench.errors import MedbenchError
-from medbench.models.registry import ModelEntry
+from medbench.models.entry import ModelEntry
 
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
