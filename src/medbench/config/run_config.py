@@ -88,8 +88,11 @@ class RunConfig(BaseModel):
     backbone_lr_scale: float = setting(1.0, doc="backbone lr = lr x this (head at lr)", group="model", gt=0, le=100)
     drop_rate: float | None = setting(None, doc="dropout before the classifier (cnn5, timm models)", group="model",
                                       shown_default="the model's", ge=0, lt=1)
-    drop_path_rate: float | None = setting(None, doc="stochastic depth rate (timm models)", group="model",
-                                           shown_default="the model's", ge=0, lt=1)
+    drop_path_rate: float | None = setting(
+        None, doc="stochastic depth: residual branches skipped at random in training, at rates rising over the "
+                  "blocks to this one (ResNets; timm EfficientNet, MNASNet, MobileNet, ConvNeXt); refused by networks "
+                  "without residual branches (cnn2, cnn5, DenseNet, Inception; use --drop-rate) and by ConvMixer",
+        group="model", shown_default="the model's", ge=0, lt=1)
     ordinal_loss: Literal["ce", "corn"] = setting("ce", doc="ordinal tasks: ce (the benchmark's) or corn",
                                                   group="model")
     label_smoothing: float = setting(0.0, doc="label smoothing of the cross-entropy loss", group="model",
