@@ -55,12 +55,7 @@ def params_figure(points: Sequence[dict]):
             if p["section"] == s:
                 ax.annotate(str(p["model"]) + (f" −{p['truncate']}" if p["truncate"] else ""),
                             (p["params"], p["auc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("mean test AUC")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return fig
+    return _parameters_axis(fig, ax, "mean test AUC", legend=True)
 
 
 def boost_figure(boosts: Sequence[dict]):
@@ -77,11 +72,7 @@ def boost_figure(boosts: Sequence[dict]):
         ax.annotate(f"{b['model']}, {b['section']}", (b["params"], b["boost"]), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("AUC pretrained − scratch")
-    ax.grid(alpha=0.3)
-    return fig
+    return _parameters_axis(fig, ax, "AUC pretrained − scratch", legend=False)
 
 
 def truncation_figure(points: Sequence[dict]):
@@ -102,9 +93,15 @@ def truncation_figure(points: Sequence[dict]):
         for p in v:
             ax.annotate(f"−{p['truncate']}" if p["truncate"] else "full", (p["params"], p["auc"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
+    return _parameters_axis(fig, ax, "mean test AUC", legend=True)
+
+
+def _parameters_axis(fig, ax, ylabel: str, legend: bool):
+    """Parameters on a log x axis against ``ylabel``; the figure."""
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("mean test AUC")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=7)
     return fig
