@@ -307,6 +307,7 @@ def _medbench(args: list[str], *, limit: int | None = None, timeout: float = 300
     return subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_a_checkpoint(tmp_path, breast_run):
     """The file-size limit lets the epoch's weights (model.safetensors) through but not the larger training
     state written after them (resume.safetensors: weights plus optimizer moments): the write fails mid-file."""
@@ -331,6 +332,7 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, breast_run):
     assert not (out / "resume.safetensors").exists() and not (out / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_while_rewriting_metrics_leaves_the_earlier_results(tmp_path, breast_run):
     run = tmp_path / "run"
     shutil.copytree(breast_run, run)
@@ -343,6 +345,7 @@ def test_disk_full_while_rewriting_metrics_leaves_the_earlier_results(tmp_path, 
     assert _digest(run) == before
 
 
+@pytest.mark.slow
 def test_serve_port_already_in_use(breast_run):
     """As tests/test_serve.py checks it, plus the catalogue's rules: one line, the fix, nothing written."""
     before = _digest(breast_run)

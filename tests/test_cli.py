@@ -52,6 +52,7 @@ def test_bad_flag_is_one_line_usage_error():
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "invalid int value" in r.stderr
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback():
     r = _run("train", "--dataset", "nope", "--out", "x", "--debug")
     assert r.returncode != 0 and "Traceback (most recent call last)" in r.stderr and "MedbenchError" in r.stderr

@@ -50,6 +50,7 @@ def _history(path):
         return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["memory", pytest.param("store", marks=pytest.mark.slow)])
 def test_sigkilled_run_resumes_to_the_uninterrupted_metrics(tmp_path, medmnist_dir, where):
     """Acceptance: kill after epoch 2 of 4, resume, compare metrics.json (deterministic mode, same seed); with the

@@ -35,6 +35,7 @@ def breast_run(tmp_path_factory, medmnist_dir):
     return out
 
 
+@pytest.mark.slow
 def test_run_directory_holds_every_file(breast_run):
     names = {p.name for p in breast_run.iterdir()}
     assert {"config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions", "tb",
@@ -54,6 +55,7 @@ def test_run_directory_holds_every_file(breast_run):
     assert "data_md5: 750601b1f35ba3300ea97c75c52ff8f6" in cfg and "torch:" in cfg
 
 
+@pytest.mark.slow
 def test_predictions_are_medmnist_standard_and_agree_with_the_official_evaluator(breast_run, medmnist_dir):
     metrics = json.loads((breast_run / "metrics.json").read_text())
     for split, n in [("train", 546), ("val", 78), ("test", 156)]:
@@ -66,6 +68,7 @@ def test_predictions_are_medmnist_standard_and_agree_with_the_official_evaluator
         assert official.ACC == pytest.approx(metrics[split]["acc"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_metrics_json(breast_run, capsys):
     before = json.loads((breast_run / "metrics.json").read_text())
     preds_before = (breast_run / "predictions" / "test.csv").read_text()
@@ -84,6 +87,7 @@ def test_evaluate_reproduces_metrics_json(breast_run, capsys):
                                                                           "evaluation"}
 
 
+@pytest.mark.slow
 def test_saved_config_reproduces_the_run_settings(breast_run, tmp_path):
     cfg = load_config(breast_run / "config.yaml")
     assert (cfg.dataset, cfg.model, cfg.epochs, cfg.seed) == ("breastmnist", "resnet18", 2, 0)
@@ -97,6 +101,7 @@ def test_saved_config_reproduces_the_run_settings(breast_run, tmp_path):
     assert again.model_dump() == cfg.model_copy(update={"epochs": 1, "batch_size": 200}).model_dump()
 
 
+@pytest.mark.slow
 def test_ordinal_rgb_retinamnist_with_corn(tmp_path):
     out = train({"dataset": "retinamnist", "epochs": 1, "ordinal_loss": "corn", "batch_size": 64}, tmp_path / "r",
                 quiet=True)
@@ -113,6 +118,7 @@ def test_ordinal_rgb_retinamnist_with_corn(tmp_path):
     ("chestmnist", dict(channels=1, num_classes=14, multilabel=True)),  # multi-label, grey
     ("retinamnist", dict(channels=3, num_classes=5)),  # ordinal, plain cross-entropy
 ])
+@pytest.mark.slow
 def test_generated_tasks_train_and_match_the_official_metrics(tmp_path, name, kwargs):
     ds = read_npz(make_npz(tmp_path / f"{name}.npz", **kwargs), name)
     out = train({"dataset": name, "epochs": 2, "batch_size": 32, "lr": 3e-3}, tmp_path / "run", dataset=ds,
@@ -128,6 +134,7 @@ def test_generated_tasks_train_and_match_the_official_metrics(tmp_path, name, kw
     assert again["test"]["auc"] == pytest.approx(metrics["test"]["auc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_other_data(tmp_path, breast_run):
     with pytest.raises(MedbenchError, match="is not a run directory"):
         evaluate(tmp_path)
@@ -145,6 +152,7 @@ def test_acceptance_breastmnist_three_epochs(tmp_path):
     assert json.loads((tmp_path / "R" / "metrics.json").read_text())["test"]["auc"] > 0.70
 
 
+@pytest.mark.slow
 def test_deterministic_runs_repeat_exactly_and_seeds_differ(tmp_path):
     from safetensors.torch import load_file
 
@@ -172,6 +180,7 @@ def test_pneumoniamnist_run_agrees_with_the_official_evaluator(tmp_path, medmnis
     assert metrics["test"]["auc"] > 0.85
 
 
+@pytest.mark.slow
 def test_epoch_hook_sees_each_epoch_and_can_stop_training(tmp_path):
     ds = read_npz(make_npz(tmp_path / "dermamnist.npz", channels=3, num_classes=7), "dermamnist")
     seen = []
@@ -225,6 +234,7 @@ def test_dropout_settings_reach_the_model_or_are_refused(tmp_path):
         build_model(cfg, ds, build_task(cfg, ds))
 
 
+@pytest.mark.slow
 def test_deep_ensemble_averages_its_members_everywhere(tmp_path, medmnist_dir):
     """members=3: three ordinary runs with seeds seed*3+i; the run's metrics, Predictor and exported model all
     use the mean of the members' probabilities; a resumed ensemble trains only the missing member."""

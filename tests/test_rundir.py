@@ -63,6 +63,7 @@ def test_out_that_is_a_file_or_under_a_file_is_one_line(tmp_path, capsys, verb):
     assert afile.read_text() == "mine\n"
 
 
+@pytest.mark.slow
 def test_two_concurrent_trains_one_runs_one_is_refused(tmp_path, medmnist_dir, capsys):
     """Acceptance: the second writer gets one line naming the first; the first completes and evaluate
     reproduces its metrics."""

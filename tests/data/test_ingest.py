@@ -73,6 +73,7 @@ def _store(ds) -> Path:
     return Path(ds.meta["cache"]["path"])
 
 
+@pytest.mark.slow
 def test_parallel_ingest_equals_serial_and_the_decoder(tmp_path, chest, small_chunks):
     data = _mixed(tmp_path / "mixed")
     for channels in (None, 1):
@@ -118,6 +119,7 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.slow
 def test_killed_ingest_resumes_with_the_missing_chunks_only(tmp_path, chest):
     cache = tmp_path / "cache"
     script = tmp_path / "ingest_script.py"

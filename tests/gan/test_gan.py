@@ -55,6 +55,7 @@ def generator_dir(tmp_path_factory, medmnist_dir):
     return out
 
 
+@pytest.mark.slow
 def test_gan_train_writes_generator_losses_grids_and_quality(generator_dir):
     grid = Image.open(generator_dir / "samples" / "epoch_0002.png")
     assert grid.size == (2 * (8 * 30 + 2), 2 * (2 * 30 + 2))  # 8 per row, one row per class (2), x2
@@ -69,6 +70,7 @@ def test_gan_train_writes_generator_losses_grids_and_quality(generator_dir):
     assert 0.5 < q["judge"]["test_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_gan_sample_writes_medmnist_like_npz(generator_dir, tmp_path, capsys):
     out = tmp_path / "samples.npz"
     assert main(["gan", "sample", str(generator_dir), "--per-class", "10", "--out", str(out)]) == 0
@@ -83,6 +85,7 @@ def test_gan_sample_writes_medmnist_like_npz(generator_dir, tmp_path, capsys):
         assert np.array_equal(a["train_images"], b["train_images"])  # seeded
 
 
+@pytest.mark.slow
 def test_training_with_synthetic_images_records_the_generator(generator_dir, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "breastmnist", "--model", "cnn5", "--epochs", "1", "--synthetic",
@@ -96,6 +99,7 @@ def test_training_with_synthetic_images_records_the_generator(generator_dir, tmp
     assert [metrics[s]["n"] for s in ("train", "val", "test")] == [546, 78, 156]  # evaluation sees real data only
 
 
+@pytest.mark.slow
 def test_synthetic_from_a_samples_file_and_its_limits(generator_dir, tmp_path, capsys):
     samples = tmp_path / "s.npz"
     main(["gan", "sample", str(generator_dir), "--per-class", "10", "--out", str(samples)])
@@ -118,6 +122,7 @@ def test_synthetic_from_a_samples_file_and_its_limits(generator_dir, tmp_path, c
     assert not (tmp_path / "bad").exists() and not (tmp_path / "b").exists()  # nothing written on a bad start
 
 
+@pytest.mark.slow
 def test_gan_on_generated_rgb_64px_multiclass_data_and_balanced_synthetic_training(tmp_path):
     ds = read_npz(make_npz(tmp_path / "dermamnist.npz", n=(70, 20, 30), size=64, channels=3, num_classes=7),
                   "dermamnist")

@@ -14,6 +14,7 @@ from medbench.models import create_model
 from medbench.run import evaluate, train
 
 
+@pytest.mark.slow
 def test_linear_probe_keeps_the_pretrained_backbone(tmp_path):
     out = train({"dataset": "breastmnist", "model": "tf_efficientnet_lite0", "pretrained": True,
                  "freeze": "backbone", "epochs": 1, "lr": 0.01}, tmp_path / "probe", quiet=True)
@@ -43,6 +44,7 @@ def test_backbone_learning_rate_scale():
     assert len(head["params"]) + len(backbone["params"]) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 def test_truncated_resnet50_trains(tmp_path):
     full = load_dataset("breastmnist")  # the first 160 / 48 / 48 images: the network is the subject here
     ds = dataclasses.replace(full, splits={s: Split(sp.images[:n], sp.labels[:n]) for (s, sp), n in

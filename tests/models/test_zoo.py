@@ -38,7 +38,12 @@ def test_reference_parameter_counts():
     assert model_entry("resnext50_32x4d").family == "resnet"
 
 
-@pytest.mark.parametrize("name", list_models())
+# the largest networks take 2.5-7 s each on 2 CPU cores: full suite only
+LARGE = {"resnext101_32x8d", "wide_resnet50_2", "resnet152", "resnet101", "convmixer_1536_20", "inception_v4",
+         "densenet161", "inception_v3"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in list_models()])
 def test_every_model_trains_a_step_at_its_smallest_size(name):
     size = model_entry(name).min_size
     torch.manual_seed(0)

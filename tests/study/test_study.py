@@ -284,6 +284,7 @@ def test_failed_runs_are_recorded_and_retried(tmp_path):
         study_status(tmp_path / "elsewhere")
 
 
+@pytest.mark.slow
 def test_killed_study_resumes_without_duplicates(tmp_path, medmnist_dir):
     """Acceptance: SIGKILL the runner's whole process group mid-study, then finish it."""
     path = _write(tmp_path, "name: tiny8\ngrid: {model: [cnn5, cnn2], augment: [none, basic], seed: [0, 1]}\n"
@@ -340,6 +341,7 @@ def shared_store(request, tmp_path):
     return _fresh_store(request, tmp_path, BACKENDS[-1])
 
 
+@pytest.mark.slow
 def test_ray_executor_completes_the_tiny_study(tmp_path, shared_store):
     """Acceptance: the tiny study on a local Ray instance (2 tasks at once), its results in the shared store."""
     store_url = shared_store
@@ -361,6 +363,7 @@ def test_ray_executor_completes_the_tiny_study(tmp_path, shared_store):
         assert {r["id"]: r["started"] for r in store.rows()} == started
 
 
+@pytest.mark.slow
 def test_ray_resources_are_checked(tmp_path):
     path = _write(tmp_path, "name: one\nfixed: {dataset: breastmnist, model: cnn2, epochs: 1}\n")
     with pytest.raises(MedbenchError, match="asks for 64 CPU"):
