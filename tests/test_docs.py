@@ -180,6 +180,10 @@ def test_the_tour_runs_as_written(page, tmp_path, shared_data):
             segments = [s for s in _segments(command) if not SETUP.match(s)]
             if not segments or any("pytest" in s for s in segments):
                 continue
+            if segments[0].startswith("export "):  # one shell per command: carry the variables over
+                env.update(a.split("=", 1) for a in shlex.split(segments.pop(0))[1:] if "=" in a)
+                if not segments:
+                    continue
             line = " && ".join(segments)
             r = subprocess.run(["bash", "-c", f"set -euo pipefail; {line}"], cwd=work, env=env, capture_output=True,
                                text=True, timeout=900)
