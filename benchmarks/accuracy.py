@@ -36,9 +36,9 @@ def _acc_at_half(run: Path) -> float:
     """Test ACC at MedMNIST's 0.5 threshold, from the saved predictions (for runs whose headline is Youden's)."""
     import numpy as np
 
+    from medbench.build import build_dataset as dataset_for
     from medbench.config import load_config
     from medbench.metrics import acc
-    from medbench.build import build_dataset as dataset_for
 
     scores = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
     labels = dataset_for(load_config(run / "config.yaml"))["test"].labels.numpy()

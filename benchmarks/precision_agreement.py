@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medbench.build import build_dataset as dataset_for
 from medbench.config import load_config
 from medbench.engine import describe_machine
 from medbench.export import export_run
 from medbench.predict import Predictor
-from medbench.build import build_dataset as dataset_for
 from medbench.run import evaluate, train
 
 

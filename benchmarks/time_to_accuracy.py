@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from medbench.build import build_preprocess as _preprocess
+from medbench.build import build_task
 from medbench.config import parse_overrides, resolve_config
 from medbench.data import load_dataset
 from medbench.engine import describe_machine, predict_logits
 from medbench.fileio import write_json
 from medbench.metrics import compute_metrics
-from medbench.build import build_preprocess as _preprocess, build_task
 from medbench.run import train
 
 # MedMNIST v2 (Yang et al., 2023), ResNet-18 (28): test AUC, ACC

@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medbench.build import build_model, build_task, normalization
 from medbench.cli import main
 from medbench.config import load_config
 from medbench.data import load_dataset
+from medbench.data.loader import Preprocess
 from medbench.errors import MedbenchError
 from medbench.metrics import compute_metrics, youden_threshold
-from medbench.build import build_model, build_task, normalization
 from medbench.run import evaluate, train
-from medbench.data.loader import Preprocess
 
 BASE = {"dataset": "breastmnist", "model": "cnn5", "epochs": 4, "seed": 0}
 

@@ -49,12 +49,11 @@ def test_torchscript_parity_and_bad_format(chest_run, test_images, tmp_path):
 def test_corn_and_multilabel_outputs_export(tmp_path, medmnist_dir):
     """The exported graph computes the task's own scores: CORN class probabilities (via cumsum, as ONNX lacks
     cumprod) and per-label sigmoids."""
+    from medbench.data import read_npz
     from medbench.export import deployable
     from medbench.run import train
 
     from conftest import make_npz
-
-    from medbench.data import read_npz
 
     corn = train({"dataset": "retinamnist", "model": "cnn2", "epochs": 1, "ordinal_loss": "corn"}, tmp_path / "r",
                  quiet=True, report=False)

@@ -137,9 +137,9 @@ def real(tmp_path_factory, medmnist_dir):
     """{task: {split: (labels, scores)}} from tiny cnn5 runs: BreastMNIST (binary), RetinaMNIST (ordinal), and
     generated DermaMNIST-layout (multi-class, 7 classes) and ChestMNIST-layout (multi-label, 14 labels) data.
     "binary_b" is a second, different BreastMNIST model for the paired comparisons."""
-    from conftest import make_npz
-
     from medbench.data import read_npz
+
+    from conftest import make_npz
 
     tmp = tmp_path_factory.mktemp("metrics")
     out = {"binary": _train_scores(tmp, "breastmnist", medmnist_dir),

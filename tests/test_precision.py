@@ -7,7 +7,6 @@ import pytest
 from medbench.engine import cpu_bf16_detected, cpu_has_native_bf16
 from medbench.run import train
 
-
 # Without AVX512-BF16/AMX the CPU emulates bf16 convolutions, about 15x slower than fp32 for ResNet-18 (AVX2
 # EPYC: 2 vs 31 img/s at 32 px); the bf16 path is then checked on the small cnn5, which emulation runs in seconds.
 MODEL = "resnet18" if cpu_bf16_detected() else "cnn5"
@@ -67,11 +66,11 @@ def test_a_bf16_trained_run_gives_one_answer_everywhere(tmp_path, shared_data):
     import torch
     from fastapi.testclient import TestClient
 
+    from medbench.build import build_dataset as dataset_for
+    from medbench.config import load_config
     from medbench.export import export_run
     from medbench.predict import Predictor
-    from medbench.build import build_dataset as dataset_for
     from medbench.run import evaluate
-    from medbench.config import load_config
     from medbench.serve import create_app
 
     run = train({"dataset": f"folder:{shared_data / 'chest_xray_subset'}", "model": "cnn5", "epochs": 2,

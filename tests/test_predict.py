@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medbench.build import build_dataset as dataset_for
 from medbench.cli import main
 from medbench.data.decode import decode_image
 from medbench.errors import MedbenchError
 from medbench.predict import Predictor, expand_inputs, predict_files
-from medbench.build import build_dataset as dataset_for
 
 
 def _rows(path):

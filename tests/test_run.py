@@ -9,11 +9,11 @@ import torch
 from medmnist.evaluator import Evaluator, getACC, getAUC
 
 import medbench
+from medbench.build import build_model, build_task
 from medbench.cli import main
 from medbench.config import load_config, resolve_config
 from medbench.data import read_npz
 from medbench.errors import MedbenchError
-from medbench.build import build_model, build_task
 from medbench.run import evaluate, train
 
 from conftest import make_npz

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from medbench.cli import main
-from medbench.rundir import LOCK, locked
-from medbench.rundir import RESUME
+from medbench.rundir import LOCK, RESUME, locked
 
 TRAIN = ["train", "--dataset", "breastmnist", "--model", "cnn5", "--quiet", "--no-report"]
 

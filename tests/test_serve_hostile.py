@@ -286,11 +286,10 @@ def test_deflated_dicom_bomb_is_413_before_pydicom_inflates_it(server, tmp_path)
 
 def _dicom(path: Path, side: int, deflated: bool) -> bytes:
     """A DICOM declaring side x side pixels: deflated (a real, compressible file), else with only a few pixels."""
+    import pydicom
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     from conftest import write_dicom
-
-    import pydicom
 
     if deflated:
         write_dicom(path, np.zeros((side, side), np.uint8))

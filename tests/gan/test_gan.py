@@ -13,6 +13,7 @@ from medbench.errors import MedbenchError
 from medbench.gan import Discriminator, Generator, load_generator, train_gan
 from medbench.gan.synthetic import class_counts
 from medbench.run import train
+
 from conftest import make_npz
 
 

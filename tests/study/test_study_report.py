@@ -16,9 +16,18 @@ import pytest
 from medbench.study import load_study, run_study
 from medbench.study import published as P
 from medbench.study.grid import build_study
-from medbench.study.report import (count_params, imagenet_top1, min_wilcoxon_p, mean_std, percentile_ci,
-                                   pretraining_boost, spearman, truncation_efficiency, wilcoxon_pairs,
-                                   write_study_report)
+from medbench.study.report import (
+    count_params,
+    imagenet_top1,
+    mean_std,
+    min_wilcoxon_p,
+    percentile_ci,
+    pretraining_boost,
+    spearman,
+    truncation_efficiency,
+    wilcoxon_pairs,
+    write_study_report,
+)
 
 STUDY = """\
 name: report-tiny
@@ -92,9 +101,9 @@ def _arms(summary: dict) -> dict[str, dict]:
 
 def _replicates(out: Path, run_ids, medmnist_dir) -> dict[str, np.ndarray]:
     """Independent recomputation: mean over runs of each resample's AUC / ACC on the shared count matrix."""
-    from medbench.rundir import read_predictions
     from medbench.data import load_dataset
     from medbench.metrics import bootstrap_replicates, resample_counts
+    from medbench.rundir import read_predictions
 
     ds = load_dataset("breastmnist", 28, data_dir=medmnist_dir, progress=False)
     y = ds["test"].labels.numpy()

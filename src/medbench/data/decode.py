@@ -36,19 +36,42 @@ file (one byte per pixel and channel; 16-bit and float data are stretched to 8 b
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from medbench.data.dicom import dicom_header, read_dicom
+
 # the limits, header checks, errors and pixel mapping live below DICOM (so that it needs nothing from here); they
 # are re-exported because callers import them from this module
-from medbench.data.headers import (DICOM_SUFFIXES, MAX_PIXELS, MAX_SIDE, PIL_FORMATS, ImageHeader,
-                                   NonFinitePixels, cannot_decode, check_header, decode_errors, is_dicom,
-                                   multi_frame, pil_header, png_jpeg_size, too_large)
-from medbench.data.pixels import (CHUNK, check_channels, convert_channels, finite_range, is_grey,
-                                  map_blocks, stretch, to_uint8, wide_to_l)
+from medbench.data.headers import (
+    DICOM_SUFFIXES,
+    MAX_PIXELS,
+    MAX_SIDE,
+    PIL_FORMATS,
+    ImageHeader,
+    NonFinitePixels,
+    cannot_decode,
+    check_header,
+    decode_errors,
+    is_dicom,
+    multi_frame,
+    pil_header,
+    png_jpeg_size,
+    too_large,
+)
+from medbench.data.pixels import (
+    CHUNK,
+    check_channels,
+    convert_channels,
+    finite_range,
+    is_grey,
+    map_blocks,
+    stretch,
+    to_uint8,
+    wide_to_l,
+)
 from medbench.errors import MedbenchError
 
 __all__ = [

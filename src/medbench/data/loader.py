@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from medbench.data.dataset import Split
-from medbench.data.store import gather, on_disk, rows as read_rows
+from medbench.data.store import gather, on_disk
+from medbench.data.store import rows as read_rows
 
 PREFETCH = 3  # batches read ahead of the model
 

@@ -16,10 +16,31 @@ import torch
 from medbench.data import npz as npzlib
 from medbench.data.cache import default_cache_dir
 from medbench.data.dataset import SPLITS, ImageDataset, Split
-from medbench.data.medmnist_download import (DEADLINE_MIN_S, DEADLINE_S, READ_TIMEOUT_S, SLOWEST_RATE, by_hand,
-                                             default_deadline, download, max_download_bytes, md5sum)
-from medbench.data.medmnist_info import (CATALOGUE, MIRROR_ENV, SIZES, class_names, data_root, entry,
-                                         expected_bytes, expected_md5, file_name, list_datasets, task_of, url_for)
+from medbench.data.medmnist_download import (
+    DEADLINE_MIN_S,
+    DEADLINE_S,
+    READ_TIMEOUT_S,
+    SLOWEST_RATE,
+    by_hand,
+    default_deadline,
+    download,
+    max_download_bytes,
+    md5sum,
+)
+from medbench.data.medmnist_info import (
+    CATALOGUE,
+    MIRROR_ENV,
+    SIZES,
+    class_names,
+    data_root,
+    entry,
+    expected_bytes,
+    expected_md5,
+    file_name,
+    list_datasets,
+    task_of,
+    url_for,
+)
 from medbench.data.memory import fits_in_memory
 from medbench.data.store import SplitWriter, finish_store, is_complete, open_store, store_lock
 from medbench.errors import MedbenchError

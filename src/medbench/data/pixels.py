@@ -6,7 +6,7 @@ full-size float64 copy of the image: a 16-bit 7000 x 7000 image costs a few MB b
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

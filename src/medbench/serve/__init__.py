@@ -31,8 +31,7 @@ upload -> model input), :mod:`~medbench.serve.models` (the served runs), :mod:`~
 page), :mod:`~medbench.serve.app` (the ASGI app) and :mod:`~medbench.serve.server` (uvicorn).
 """
 from medbench.serve.app import create_app
-from medbench.serve.limits import (ACCEPTED, FRAMING, MAX_BYTES, MAX_CONCURRENT, MAX_PIXELS, QUEUE_TIMEOUT,
-                                   SMALL_PIXELS)
+from medbench.serve.limits import ACCEPTED, FRAMING, MAX_BYTES, MAX_CONCURRENT, MAX_PIXELS, QUEUE_TIMEOUT, SMALL_PIXELS
 from medbench.serve.server import serve
 
 __all__ = ["serve", "create_app", "ACCEPTED", "FRAMING", "MAX_BYTES", "MAX_CONCURRENT", "MAX_PIXELS",

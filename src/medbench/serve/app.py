@@ -5,8 +5,8 @@ install is one clear error.
 """
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from medbench import __version__
 from medbench.errors import MedbenchError

@@ -1,7 +1,7 @@
 """``medbench serve``: the app under uvicorn until interrupted."""
 import os
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 from medbench.errors import MedbenchError
 from medbench.serve.app import NEEDS_FASTAPI, create_app

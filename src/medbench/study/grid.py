@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from medbench.config import RunConfig, read_yaml, resolve_config
 from medbench.errors import MedbenchError
 
