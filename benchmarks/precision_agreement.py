@@ -1,6 +1,7 @@
 """One run, one answer: how far apart are the probabilities of one bf16-trained run along each inference path?
 
-    MEDBENCH_DATA=../shared/data/medmnist python benchmarks/precision_agreement.py [--folder ../shared/data/chest_xray_subset]
+    MEDBENCH_DATA=../shared/data/medmnist python benchmarks/precision_agreement.py \\
+        [--folder ../shared/data/chest_xray_subset]
 
 Trains a small cnn5 in bf16 autocast on the chest X-ray folder (forced: on a CPU without native bf16 it is
 emulated), then compares on its test split: the recorded predictions, a re-evaluation, the Predictor (what

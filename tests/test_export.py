@@ -66,4 +66,5 @@ def test_corn_and_multilabel_outputs_export(tmp_path, medmnist_dir):
         with torch.no_grad():
             got = deployable(p)(x).numpy()
         np.testing.assert_allclose(got, p.probabilities(x), atol=1e-6)
-        assert got.shape == (5, 5 if run == corn else 14) and (np.allclose(got.sum(1), 1) == (run == corn))  # sigmoids need not sum to 1
+        # sigmoids need not sum to 1
+        assert got.shape == (5, 5 if run == corn else 14) and (np.allclose(got.sum(1), 1) == (run == corn))

@@ -5,8 +5,9 @@ Decoding rules (the same for every source that reads image files):
 * PNG, JPEG, BMP, TIFF and GIF through Pillow (no other Pillow format is opened); DICOM (``.dcm``/``.dicom`` or
   the ``DICM`` magic) through :mod:`medbench.data.dicom`.
 * Every file is bounded before it is decoded: its header's width, height and frame count are read first
-  (:func:`header_info`; limits and header parsing in :mod:`medbench.data.headers`), and a file declaring more than :data:`MAX_PIXELS` pixels (or a caller's
-  ``max_pixels``), a side over :data:`MAX_SIDE`, or more than one frame is refused. PNG and JPEG headers are
+  (:func:`header_info`; limits and header parsing in :mod:`medbench.data.headers`), and a file declaring more
+  than :data:`MAX_PIXELS` pixels (or a caller's ``max_pixels``), a side over :data:`MAX_SIDE`, or more than one
+  frame is refused. PNG and JPEG headers are
   parsed here (so a 10^10-pixel bomb is named with its size), the others by Pillow's or pydicom's header reader.
 * Multi-frame files (multi-page TIFF, animated GIF or PNG, multi-frame DICOM) are refused with the frame count:
   medbench reads single 2D images. (A JPEG's MPO side images, e.g. a phone's depth map, are not frames: the
@@ -15,8 +16,8 @@ Decoding rules (the same for every source that reads image files):
 * Palette images become RGB (or grey when the palette is grey); alpha channels are dropped (LA -> L, RGBA -> RGB).
 * 16-bit, 32-bit and float images (PNG ``I;16``, TIFF ``I``/``F``) are scaled to 8 bits by the image's **own
   min/max** (a linear stretch; a constant image becomes all zeros). This suits medical 16-bit PNGs that hold 10-
-  or 12-bit data, which ``>> 8`` would turn almost black (:mod:`medbench.data.pixels`); the price is that absolute intensities are not kept
-  across images. NaN or infinite values are an error, never a black image.
+  or 12-bit data, which ``>> 8`` would turn almost black (:mod:`medbench.data.pixels`); the price is that absolute
+  intensities are not kept across images. NaN or infinite values are an error, never a black image.
 * ``channels=None`` keeps the file's own channels, except that an RGB image whose three channels are equal
   everywhere is returned as grey (one channel). ``channels=1`` converts RGB with the ITU-R 601 luma weights
   (0.299 R + 0.587 G + 0.114 B, as Pillow's ``convert("L")``); ``channels=3`` repeats a grey channel.
