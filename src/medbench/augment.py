@@ -20,8 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medbench.config.augment_spec import Spec, parse_spec
+from medbench.config.augment_spec import PRESETS, Spec, parse_spec
 from medbench.errors import MedbenchError
+
+__all__ = ["PRESETS", "BasicAugment", "BatchMix", "Compose", "PerSample", "Spec", "build_augment", "parse_spec",
+           "preview"]  # the vocabulary (PRESETS, Spec, parse_spec) is config's, re-exported with what builds it
 
 
 class BasicAugment:

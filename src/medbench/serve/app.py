@@ -124,7 +124,7 @@ def _add_routes(app, served: dict[str, Served], uploads: Uploads) -> None:
         return default.card
 
     @app.post("/predict", summary="class probabilities for one image (the first model)")
-    def predict_default(file: UploadFile = image(), cam: bool = overlay()) -> dict:
+    def predict_default(file: UploadFile = image(), cam: bool = overlay()) -> dict:  # noqa: B008 - FastAPI's way
         return uploads.predict(default, file, cam)
 
     @app.get("/models/{name}/", response_class=HTMLResponse, summary="the web page for one model")
@@ -136,5 +136,5 @@ def _add_routes(app, served: dict[str, Served], uploads: Uploads) -> None:
         return get(name).card
 
     @app.post("/models/{name}/predict", summary="class probabilities for one image")
-    def named_predict(name: str, file: UploadFile = image(), cam: bool = overlay()) -> dict:
+    def named_predict(name: str, file: UploadFile = image(), cam: bool = overlay()) -> dict:  # noqa: B008
         return uploads.predict(get(name), file, cam)

@@ -70,7 +70,7 @@ def quick_size(path: str) -> tuple[int, int] | None:
     try:
         size = header_size(path)
         return (int(size[0]), int(size[1])) if size is not None else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unreadable header is judged by the decoder, which names the fault
         return None
 
 
@@ -89,7 +89,7 @@ def decode_upload(predictor, tmp: str, max_pixels: int):
     except MemoryError:
         raise Refused(413, "the uploaded image is too large to decode in the memory available; send "
                            "a smaller image") from None
-    except Exception as e:  # a decoder's own bug on odd input is still the input's problem, not a 500
+    except Exception as e:  # noqa: BLE001 - a decoder's own bug on odd input is still the input's problem, not a 500
         log.error("decoding an upload failed with %s: %s", type(e).__name__, e)
         raise Refused(400, f"the uploaded file: cannot decode ({type(e).__name__})") from None
 
@@ -113,5 +113,5 @@ def declared_size(path: str) -> tuple[int, int] | None:
             return im.size
     except MedbenchError:
         raise
-    except Exception:  # unreadable header: decoding will say what is wrong with the file
+    except Exception:  # noqa: BLE001 - unreadable header: decoding will say what is wrong with the file
         return None

@@ -64,7 +64,7 @@ def execute_job(store, job: Job, *, report: bool = False, data_dir=None, pid: in
     except MedbenchError as e:
         store.mark_failed(job.id, str(e), time.perf_counter() - t0, pid=pid, host=host)
         return "failed"
-    except Exception as e:  # a bug or a crash inside training: recorded, the study goes on
+    except Exception as e:  # noqa: BLE001 - a bug or a crash inside training: recorded, the study goes on
         store.mark_failed(job.id, f"internal error: {type(e).__name__}: {e}", time.perf_counter() - t0,
                           pid=pid, host=host)
         return "failed"

@@ -103,7 +103,7 @@ class Store:
         self.url = url
         try:
             parsed = make_url(url)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy raises several types for a malformed URL
             raise MedbenchError(f"not a database URL: {url!r} ({e})") from None
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {}
