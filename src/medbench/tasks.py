@@ -11,13 +11,7 @@ import torch.nn.functional as F
 from medbench.errors import MedbenchError
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal")
-_MEDMNIST = {"binary-class": "binary", "multi-class": "multiclass",
-             "multi-label, binary-class": "multilabel", "ordinal-regression": "ordinal"}
 ORDINAL_LOSSES = ("ce", "corn")
-
-
-def from_medmnist_task(task: str) -> str:
-    return _MEDMNIST[task]
 
 
 def decide(scores, task: str, threshold: float = 0.5):
