@@ -6,6 +6,7 @@ Resolution order, later wins: field defaults (= the ``default`` recipe) < named 
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -113,6 +114,8 @@ class RunConfig(BaseModel):
                                      group="augmentation", metavar="R", gt=0)
     synthetic_cap: float = setting(1.0, doc="largest synthetic_ratio accepted; raised deliberately in a config file "
                                             "or with --set", group="augmentation", cli=False, gt=0, le=100)
+    synthetic_force: bool = setting(False, doc="use generated images even when their quality check (a judge's "
+                                               "per-class accuracy) is below the bar", group="augmentation")
     synthetic_classes: Literal["match", "balance"] = setting(
         "match", doc="match: the real class mix; balance: fill the rarest classes first", group="augmentation")
     # optimisation
@@ -150,6 +153,19 @@ class RunConfig(BaseModel):
     decision: Literal["0.5", "youden"] = setting(
         "0.5", doc="binary: the threshold of the headline acc/F1/confusion matrix: P(positive) > 0.5, or the "
                    "Youden threshold chosen on val (both are always reported)", group="evaluation")
+    positive_class: str | None = setting(
+        None, doc="binary: the class whose sensitivity, precision, recall and F1 are reported (acc/auc stay "
+                  "MedMNIST's)", group="evaluation", metavar="NAME", shown_default="the minority class of train",
+        min_length=1)
+    calibrate: Literal["none", "temperature"] = setting(
+        "none", doc="temperature: fit one temperature on val after training; metrics, predictions, predict, serve "
+                    "and export use the calibrated probabilities (ECE before and after recorded)", group="evaluation")
+    subgroup_cols: list[str] | None = setting(
+        None, doc="csv: columns whose values form subgroups (e.g. sex,age_band,site): per-subgroup metrics with "
+                  "CIs and the largest gap", group="evaluation", metavar="COL[,COL]")
+    subgroup_regex: str | None = setting(
+        None, doc="folder or csv: NAME=REGEX on each image's path (relative to the data root); the first capture "
+                  "group is its subgroup, e.g. 'site=^(\\w+)/'", group="evaluation", metavar="NAME=REGEX")
     tta: bool = setting(False, doc="average each image's prediction with its horizontal flip", group="evaluation")
     bootstrap: int = setting(0, doc="resamples of each split for 95 % CIs of every metric (0 = none)",
                              group="evaluation", metavar="B", ge=0, le=BOOTSTRAP_LIMIT)
@@ -198,7 +214,22 @@ class RunConfig(BaseModel):
                              "e.g. [0.5, 0.75]")
         return v
 
-    @field_validator("label_cols")
+    @field_validator("subgroup_regex")
+    @classmethod
+    def _named_regex(cls, v):
+        if v is None:
+            return v
+        name, eq, pattern = v.partition("=")
+        if not eq or not name.strip() or not pattern:
+            raise ValueError(f"subgroup_regex {v!r}: write NAME=REGEX, e.g. 'site=^(\\w+)/'")
+        try:
+            if re.compile(pattern).groups < 1:
+                raise ValueError(f"subgroup_regex {v!r}: the regex needs a capture group (the subgroup)")
+        except re.error as e:
+            raise ValueError(f"subgroup_regex {v!r}: not a valid regex ({e})") from None
+        return v
+
+    @field_validator("label_cols", "subgroup_cols")
     @classmethod
     def _named_columns(cls, v):
         if v is not None and (not v or any(not c.strip() for c in v)):

@@ -3,23 +3,28 @@
 Everything that reads or writes a run directory imports its names and readers from here."""
 from medbench.rundir.claim import LOCK, claim, claim_new, locked
 from medbench.rundir.layout import (
+                                    CALIBRATION,
                                     CARD_JSON,
                                     CARD_MD,
                                     CHECKPOINT_INDEX,
                                     CHECKPOINTS,
                                     CONFIG,
                                     DATA_SPEC,
+                                    EVALUATIONS,
                                     HISTORY,
                                     LEAKAGE,
+                                    MEDMNIST_EXPORT,
                                     MEMBERS,
                                     METRICS,
                                     PREDICTIONS,
                                     REPORT,
                                     RESUME,
+                                    ROBUSTNESS,
                                     SHOWN_FILES,
                                     SKIPPED,
                                     TENSORBOARD,
                                     WEIGHTS,
+                                    evaluation_dir,
                                     member_dirs,
                                     predictions_path,
                                     require_run_dir,
@@ -40,9 +45,9 @@ from medbench.rundir.records import (
                                     write_predictions,
 )
 
-__all__ = ["LOCK", "claim", "claim_new", "locked", "CARD_JSON", "CARD_MD", "CHECKPOINT_INDEX", "CHECKPOINTS",
-           "CONFIG", "DATA_SPEC", "HISTORY", "LEAKAGE", "MEMBERS", "METRICS", "PREDICTIONS", "REPORT", "RESUME",
-           "SHOWN_FILES", "SKIPPED", "TENSORBOARD", "WEIGHTS", "member_dirs", "predictions_path", "require_run_dir",
-           "DataSpec", "data_spec", "kept_checkpoints", "model_weights", "read_data_spec", "read_metrics",
-           "read_predictions", "read_provenance", "recorded_md5", "unfinished", "write_data_spec", "write_metrics",
-           "write_predictions"]
+__all__ = ["LOCK", "claim", "claim_new", "locked", "CALIBRATION", "CARD_JSON", "CARD_MD", "CHECKPOINT_INDEX",
+           "CHECKPOINTS", "CONFIG", "DATA_SPEC", "EVALUATIONS", "HISTORY", "LEAKAGE", "MEDMNIST_EXPORT", "MEMBERS",
+           "METRICS", "PREDICTIONS", "REPORT", "RESUME", "ROBUSTNESS", "SHOWN_FILES", "SKIPPED", "TENSORBOARD",
+           "WEIGHTS", "evaluation_dir", "member_dirs", "predictions_path", "require_run_dir", "DataSpec", "data_spec",
+           "kept_checkpoints", "model_weights", "read_data_spec", "read_metrics", "read_predictions",
+           "read_provenance", "recorded_md5", "unfinished", "write_data_spec", "write_metrics", "write_predictions"]

@@ -7,7 +7,12 @@ A run directory (made by ``medbench train``)::
     model.safetensors      the selected epoch's weights
     history.csv            one row per epoch
     metrics.json           every split's metrics (+ threshold, gap, evaluation settings)
-    predictions/SPLIT.csv  MedMNIST evaluator format: index, then one score per class
+    predictions/SPLIT.csv  one row per image: index, item (MedMNIST index / path under the data root), true and
+                           decided label(s), one score per class (read it with rundir.read_prediction_table)
+    predictions/medmnist/  MedMNIST runs: the same scores in the official evaluator's file naming and format
+    calibration.json       --calibrate temperature: the temperature fitted on val, ECE before and after
+    evaluations/NAME/      each later `medbench evaluate`: its own metrics.json, predictions/, settings, and
+                           robustness.json (--corruptions); what training recorded is never rewritten
     MODEL_CARD.md, model_card.json, report.html, tb/, leakage.json, skipped.json
     checkpoints/           --keep-checkpoints: the K best epochs and index.json
     members/NN/            --members: one ordinary run directory per network
@@ -29,12 +34,21 @@ CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
 REPORT = "report.html"
 TENSORBOARD = "tb"
 SKIPPED, LEAKAGE = "skipped.json", "leakage.json"
+MEDMNIST_EXPORT = "medmnist"  # under predictions/
+CALIBRATION = "calibration.json"
+EVALUATIONS = "evaluations"
+ROBUSTNESS = "robustness.json"
 # what a finished run shows a user, in the order the CLI lists it
 SHOWN_FILES = (METRICS, REPORT, CARD_MD, PREDICTIONS + "/", HISTORY, TENSORBOARD + "/")
 
 
 def predictions_path(run_dir: str | os.PathLike, split: str) -> Path:
     return Path(run_dir) / PREDICTIONS / f"{split}.csv"
+
+
+def evaluation_dir(run_dir: str | os.PathLike, name: str) -> Path:
+    """Where a later ``medbench evaluate`` named ``name`` writes (its own metrics.json, predictions/, ...)."""
+    return Path(run_dir) / EVALUATIONS / name
 
 
 def require_run_dir(run_dir: str | os.PathLike, command: str = "this command") -> Path:
