@@ -1,6 +1,6 @@
 """Data sources, each turned into an :class:`ImageDataset` of uint8 tensors."""
 from medbench.config.sources import PREFIXES, parse_dataset
-from medbench.data.dataset import SPLITS, ImageDataset, Split, check_classes
+from medbench.data.dataset import SPLITS, ImageDataset, Split, check_classes, item_ids
 from medbench.data.medmnist import (
     CATALOGUE,
     SIZES,
@@ -14,7 +14,7 @@ from medbench.errors import MedbenchError
 
 __all__ = [
     "SPLITS", "ImageDataset", "Split", "CATALOGUE", "SIZES", "data_root", "download",
-    "list_datasets", "load_medmnist", "read_npz", "load_dataset",
+    "list_datasets", "load_medmnist", "read_npz", "load_dataset", "item_ids",
 ]
 
 

@@ -42,6 +42,17 @@ class ImageDataset:
         return self.splits[split]
 
 
+def item_ids(ds: ImageDataset, split: str) -> list[str]:
+    """What each image of a split is, in order (the one place that says it): its path relative to the data root
+    for folder and CSV data (``meta["files"]``, each split's files as decoded), else its index as text (MedMNIST,
+    or a dataset built in code whose split no longer matches its file list)."""
+    n = len(ds[split])
+    files = (getattr(ds, "meta", None) or {}).get("files", {}).get(split)
+    if files is not None and len(files) == n:
+        return [str(f) for f in files]
+    return [str(i) for i in range(n)]
+
+
 _WHY = {"train": "a classifier needs two classes at least to learn from",
         "val": "choosing the best epoch (validation AUC) and the binary decision threshold need two classes there"}
 _FIX = {"train": "add images of the other class(es) to the training split",

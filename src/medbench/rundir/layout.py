@@ -11,7 +11,8 @@ A run directory (made by ``medbench train``)::
                            decided label(s), one score per class (read it with rundir.read_prediction_table)
     predictions/medmnist/  MedMNIST runs: the same scores in the official evaluator's file naming and format
     calibration.json       --calibrate temperature: the temperature fitted on val, ECE before and after
-    evaluations/NAME/      each later `medbench evaluate`: its own metrics.json, predictions/, settings, and
+    evaluations/NAME/      each later `medbench evaluate`: its own metrics.json, predictions/, evaluation.json
+                           (its settings), report.html (`medbench report RUN --evaluation NAME`) and
                            robustness.json (--corruptions); what training recorded is never rewritten
     MODEL_CARD.md, model_card.json, report.html, tb/, leakage.json, skipped.json
     checkpoints/           --keep-checkpoints: the K best epochs and index.json
@@ -37,6 +38,7 @@ SKIPPED, LEAKAGE = "skipped.json", "leakage.json"
 MEDMNIST_EXPORT = "medmnist"  # under predictions/
 CALIBRATION = "calibration.json"
 EVALUATIONS = "evaluations"
+EVALUATION_JSON = "evaluation.json"  # in evaluations/NAME/: the settings it ran with
 ROBUSTNESS = "robustness.json"
 # what a finished run shows a user, in the order the CLI lists it
 SHOWN_FILES = (METRICS, REPORT, CARD_MD, PREDICTIONS + "/", HISTORY, TENSORBOARD + "/")

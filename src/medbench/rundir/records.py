@@ -1,22 +1,21 @@
-"""Reading and writing what a run directory records: the data spec, predictions, metrics, provenance."""
+"""Reading and writing what a run directory records: the data spec, metrics, provenance (predictions:
+:mod:`medbench.rundir.predictions`)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from medbench.config import PROVENANCE_KEY
 from medbench.errors import MedbenchError
-from medbench.fileio import read_json, write_json, write_text
+from medbench.fileio import read_json, write_json
 from medbench.rundir.layout import (
     CHECKPOINT_INDEX,
     CHECKPOINTS,
     CONFIG,
     DATA_SPEC,
+    EVALUATIONS,
     METRICS,
     RESUME,
     WEIGHTS,
@@ -60,42 +59,13 @@ def read_data_spec(run_dir: str | os.PathLike) -> DataSpec | None:
                             f"run's dataset") from None
 
 
-def write_predictions(path: Path, scores: np.ndarray) -> None:
-    """MedMNIST standard evaluation format: no header; index, then one score per class (exact float64)."""
-    buf = io.StringIO()
-    table = np.column_stack([np.arange(len(scores)), scores])
-    np.savetxt(buf, table, delimiter=",", fmt=["%d"] + ["%.17g"] * scores.shape[1])
-    write_text(path, buf.getvalue())
-
-
-def read_predictions(path: Path) -> np.ndarray:
-    """Scores from a MedMNIST-format predictions file (no header; index, then one column per class), in index
-    order; the indices must be 0 .. N-1, each once."""
-    path = Path(path)
-    run = path.parent.parent
-    if not path.is_file():
-        raise MedbenchError(f"{path} not found: run `medbench evaluate {run}` first")
-    fix = f"delete it and run `medbench evaluate {run}` to rewrite it"
-    try:
-        table = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-    except (ValueError, UnicodeDecodeError) as e:  # text, a ragged row, not UTF-8
-        why = " ".join(str(e).split())[:200]
-        raise MedbenchError(f"{path}: damaged predictions ({why}); {fix}") from None
-    if table.shape[1] < 2 or not np.isfinite(table).all():
-        raise MedbenchError(f"{path}: damaged predictions (expected an index and finite scores per row); {fix}")
-    order = np.argsort(table[:, 0], kind="stable")
-    if not np.array_equal(table[order, 0], np.arange(len(table))):
-        raise MedbenchError(f"{path}: damaged predictions (the indices are not 0..{len(table) - 1}, each once); "
-                            f"{fix}")
-    return table[order, 1:]
-
-
 def read_metrics(run_dir: str | os.PathLike, missing_ok: bool = False) -> dict:
     """metrics.json ({} when absent and ``missing_ok``); a damaged file is one clear error."""
     path = Path(run_dir) / METRICS
     if missing_ok and not path.is_file():
         return {}
-    return read_json(path, METRICS, f"delete it and run `medbench evaluate {run_dir}` to recompute it")
+    return read_json(path, METRICS, f"restore it from a backup, or run `medbench evaluate {run_dir}` for a fresh "
+                                    f"evaluation (written to {EVALUATIONS}/NAME/)")
 
 
 def write_metrics(run_dir: str | os.PathLike, metrics: dict) -> None:
