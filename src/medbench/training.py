@@ -40,6 +40,8 @@ from medbench.fileio import write_json, write_text
 from medbench.gan.synthetic import synthetic_split
 from medbench.handlers import Checkpointing, ConsoleLog, TensorBoard, last_good_state
 from medbench.metrics import acc, auc
+from medbench.metrics.diagnostics import collapse_warning, emit, prefer, selection_value, selection_warnings
+from medbench.metrics.positive import positive_index
 from medbench.progress import console, progress_bar
 from medbench.rundir import CONFIG, LEAKAGE, SKIPPED, TENSORBOARD, write_data_spec
 from medbench.tasks import Task
@@ -98,14 +100,6 @@ def epoch_metrics(task: Task, labels, scores: np.ndarray) -> dict:
     return {"acc": acc(labels, scores, task.name), "auc": auc(labels, scores, task.name)}
 
 
-def selection_value(rec: dict, metric: str) -> float:
-    """The validation record's value of the selection metric, larger is better; -inf when undefined."""
-    v = rec.get(metric)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return -math.inf
-    return -v if metric == "loss" else v
-
-
 @dataclass
 class Loop:
     """The objects one network's training is made of, built from the config."""
@@ -129,6 +123,7 @@ class Loop:
     augment: object
     mix: BatchMix
     record: dict  # provenance
+    class_names: list = field(default_factory=list)
 
 
 @dataclass
@@ -144,10 +139,17 @@ class State:
     score: float = -math.inf
     is_best: bool = False
     t0: float = 0.0
+    best_collapse: str | None = None  # the selected epoch's validation predictions collapsed to one class
+    warnings: list = field(default_factory=list)  # about the selection, once training ended
+
+    def best_row(self) -> dict | None:
+        """The history row of the epoch selected so far."""
+        return next((r for r in self.history if r["epoch"] == self.best_epoch), None)
 
     def resume_info(self, loop: Loop, epoch: int) -> dict:
         """The state after ``epoch`` ended (without the training time, added by the caller)."""
         return {"epoch": epoch, "best": self.best, "best_epoch": self.best_epoch, "history": self.history,
+                "best_collapse": self.best_collapse,
                 "kept": self.kept.entries, **({"ema_updates": loop.ema.updates} if loop.ema is not None else {}),
                 "config": loop.cfg.model_dump(mode="json")}
 
@@ -155,6 +157,7 @@ class State:
 def build_loop(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.device) -> Loop:
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
+    positive_index(cfg.positive_class, ds.class_names, ds["train"].labels.numpy(), task.name)  # a bad name fails now
     model = place_model(build_model(cfg, ds, task), cfg, device)
     net = torch.compile(model) if cfg.compile else model  # same parameters; state_dict keys from ``model``
     if dist.active:
@@ -181,7 +184,7 @@ def build_loop(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.
     chosen = ema.module if ema is not None else model
     return Loop(cfg, out, dist, device, task, model, net, chosen, chosen if ema is not None else net, opt, sched,
                 precision, gen, ema, prep, splits, steps, build_augment(cfg.augment, no_flip=cfg.no_flip),
-                BatchMix(cfg.mixup, cfg.cutmix), record)
+                BatchMix(cfg.mixup, cfg.cutmix), record, list(ds.class_names))
 
 
 def start_or_restore(loop: Loop, ds: ImageDataset, resume: bool, quiet: bool) -> State:
@@ -197,6 +200,7 @@ def start_or_restore(loop: Loop, ds: ImageDataset, resume: bool, quiet: bool) ->
         loop.ema.module.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
         loop.ema.updates = saved["ema_updates"]
     state.history, state.best, state.best_epoch = saved["history"], saved["best"], saved["best_epoch"]
+    state.best_collapse = saved.get("best_collapse")
     state.kept.entries, state.train_seconds, state.start = saved["kept"], saved["train_seconds"], saved["epoch"] + 1
     if saved.get("partial"):  # killed within an epoch: continue after its last saved step
         state.partial = {**saved["partial"], "scores": tensors["partial.scores"], "labels": tensors["partial.labels"]}
@@ -228,6 +232,10 @@ def train_network(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: tor
                 state.t0 = time.perf_counter() - state.train_seconds  # the hook's own time is not the run's
     finally:
         tb.close()
+    state.warnings = selection_warnings(state.history, cfg.select_metric, ds["val"].labels.numpy(), loop.task.name,
+                                        loop.class_names) + ([state.best_collapse] if state.best_collapse else [])
+    if dist.is_main:
+        emit(state.warnings)
     return loop.task, state
 
 
@@ -264,11 +272,13 @@ def run_epoch(loop: Loop, state: State, epoch: int, bar) -> dict:
     row = {"epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_acc": train_m["acc"],
            "train_auc": train_m["auc"], "val_loss": val["loss"], "val_acc": val["acc"], "val_auc": val["auc"],
            "seconds": round(tr["seconds"], 3), "images_per_s": round(tr["images_per_s"], 1)}
+    # ties on the selection metric go to the lower validation loss (metrics.diagnostics.prefer), not the first
+    # epoch; every rank has the same metrics, so every rank selects the same epoch
+    state.is_best = prefer(row, state.best_row(), cfg.select_metric)
     state.history.append(row)
     state.score = selection_value(val, cfg.select_metric)
-    state.is_best = state.score > state.best or state.best_epoch == 0  # every rank has the same metrics
     if state.is_best:
-        state.best, state.best_epoch = state.score, epoch
+        state.best, state.best_epoch, state.best_collapse = state.score, epoch, val["collapse"]
     return row
 
 
@@ -276,8 +286,11 @@ def validate(loop: Loop) -> dict:
     val_split = loop.splits["val"]
     logits = predict_logits(loop.evaluated, val_split, loop.prep, loop.cfg.eval_batch_size, dist=loop.dist)
     labels = val_split.labels.cpu()
-    rec = epoch_metrics(loop.task, labels.numpy(), loop.task.scores(logits).double().numpy())
+    scores = loop.task.scores(logits).double().numpy()
+    rec = epoch_metrics(loop.task, labels.numpy(), scores)
     rec["loss"] = float(loop.task.loss(logits, labels, smoothing=0.0))
+    rec["collapse"] = collapse_warning("val (selected epoch)", labels.numpy(), scores, loop.task.name,
+                                       loop.class_names)  # at the training-time rule: 0.5, or the argmax
     return rec
 
 
@@ -289,6 +302,7 @@ def fit_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, quiet: bool):
                             f"--tta)")
     task = build_task(cfg, ds)
     baselines.make_estimator(cfg.model, cfg.seed, task.name)  # a bad name fails before anything is written
+    positive_index(cfg.positive_class, ds.class_names, ds["train"].labels.numpy(), task.name)
     record = provenance(ds, device="cpu", **({"data_cache_key": ds.meta["cache"]["key"]} if "cache" in ds.meta
                                              else {}))
     start_run_dir(out, cfg, ds, record, quiet)
