@@ -1,5 +1,6 @@
 """Paired comparison of two models' predictions on the same split: DeLong's test of two binary AUCs and the
-paired bootstrap (differences, their percentile interval and two-sided p)."""
+paired bootstrap (differences, their percentile interval and two-sided p); and of two groups of runs (seeds), by
+a two-level bootstrap that resamples the runs as well as the samples."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,12 @@ from scipy.stats import norm, rankdata
 
 from medbench.metrics.classification import acc
 from medbench.metrics.ranking import auc
-from medbench.metrics.resampling import bootstrap_replicates, percentile_ci, resample_counts
+from medbench.metrics.resampling import (
+    bootstrap_replicates,
+    percentile_ci,
+    resample_counts,
+    seed_resample_means,
+)
 from medbench.metrics.validation import _as_arrays, _check_level, _undefined, check_finite
 
 
@@ -99,3 +105,67 @@ def compare_predictions(y_true, scores_a, scores_b, task: str, *, replicates: in
     if task == "binary":
         out["delong"] = delong_test(y, sa, sb)
     return out
+
+
+MIN_SEEDS = 3  # fewer runs per arm leave nothing to estimate the seed-to-seed spread from
+
+
+def two_level_difference(per_run_a, per_run_b, *, seed: int = 0, level: float = 0.95) -> dict:
+    """A - B of two groups of runs (seeds) scored on the same B resamples of the same samples: the two-level
+    bootstrap of the difference of their mean-over-runs metric.
+
+    ``per_run_a`` [R_a, B], ``per_run_b`` [R_b, B]: each run's metric on resample b (one resample shared by both
+    groups, so the image level is paired). Per replicate, each group's runs are resampled independently with
+    replacement (:func:`seed_resample_means`) and the difference of the group means taken. Returns {"diffs" [B],
+    "diff_ci", "p_value", "n_runs_a", "n_runs_b", "replicates"}; ``p_value`` as in :func:`compare_predictions`.
+    """
+    _check_level(level)
+    a, b = np.asarray(per_run_a, dtype=np.float64), np.asarray(per_run_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"per-run replicates must be [runs, B] with the same B, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    diffs = seed_resample_means(a, rng) - seed_resample_means(b, rng)
+    return {"diffs": diffs, "diff_ci": percentile_ci(diffs, level), "p_value": bootstrap_p(diffs),
+            "n_runs_a": a.shape[0], "n_runs_b": b.shape[0], "replicates": a.shape[1]}
+
+
+def compare_run_groups(y_true, runs_a, runs_b, task: str, *, replicates: int = 1000, seed: int = 0,
+                       level: float = 0.95, threshold: float = 0.5, min_runs: int = MIN_SEEDS) -> dict:
+    """Two groups of runs (e.g. one architecture's seeds against another's), all scored on the same samples:
+    A - B of the mean-over-runs ``auc`` and ``acc`` with seed variance included.
+
+    ``runs_a`` / ``runs_b``: sequences of score arrays. Two-level bootstrap (:func:`two_level_difference`): every
+    replicate resamples the samples once (shared by every run of both groups) and each group's runs with
+    replacement. Each metric gets {"value_a", "value_b" (means over runs), "diff", "diff_ci", "p_value",
+    "image_only_ci", "image_only_p" (the paired bootstrap over samples alone, for contrast)}; ``diff_ci`` and
+    ``p_value`` are None when a group has fewer than ``min_runs`` runs (``too_few`` says so): with two seeds the
+    seed spread cannot be told from the effect.
+    """
+    _check_level(level)
+    if not len(runs_a) or not len(runs_b):
+        raise ValueError("each group needs at least one run")
+    y = _as_arrays(y_true, runs_a[0])[0]
+    counts = resample_counts(len(y), replicates, seed)
+    reps = [[bootstrap_replicates(y, _as_arrays(y_true, sc)[1], task, counts=counts, threshold=threshold,
+                                  metrics=("auc", "acc")) for sc in group] for group in (runs_a, runs_b)]
+    too_few = min(len(runs_a), len(runs_b)) < min_runs
+    out: dict = {"n_runs_a": len(runs_a), "n_runs_b": len(runs_b), "replicates": replicates,
+                 "too_few": too_few_text(len(runs_a), len(runs_b), min_runs) if too_few else None}
+    for name in ("auc", "acc"):
+        per = [np.stack([r[name] for r in group]) for group in reps]
+        vals = [[auc(y, sc, task) if name == "auc" else acc(y, sc, task, threshold) for sc in g]
+                for g in (runs_a, runs_b)]
+        means = [None if any(v is None for v in g) else float(np.mean(g)) for g in vals]
+        two = two_level_difference(per[0], per[1], seed=seed, level=level)
+        image = per[0].mean(axis=0) - per[1].mean(axis=0)
+        out[name] = {"value_a": means[0], "value_b": means[1],
+                     "diff": None if None in means else means[0] - means[1],
+                     "diff_ci": None if too_few else two["diff_ci"], "p_value": None if too_few else two["p_value"],
+                     "image_only_ci": percentile_ci(image, level), "image_only_p": bootstrap_p(image)}
+    return out
+
+
+def too_few_text(n_a: int, n_b: int, min_runs: int = MIN_SEEDS) -> str:
+    """Why no p-value: the seeds per arm, in words."""
+    n = f"{n_a}" if n_a == n_b else f"{n_a} vs {n_b}"
+    return f"{n} seeds per arm: too few to separate seed noise from the effect (need {min_runs}+)"

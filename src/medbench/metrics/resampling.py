@@ -123,3 +123,26 @@ def bootstrap(y_true, scores, task: str, replicates: int = 1000, seed: int = 0, 
     """Percentile CIs of ``acc`` and ``auc`` only (see :func:`bootstrap_metrics`): the same resamples and values."""
     return _bootstrap_cis(y_true, scores, task, replicates, seed, level, 0.5, ("acc", "auc"))
 
+
+
+def seed_resample_means(per_run, rng: np.random.Generator) -> np.ndarray:
+    """The second level of a two-level bootstrap: [B] means over runs (seeds) resampled with replacement.
+
+    ``per_run`` [R, B]: each run's metric on each of B resamples of the samples that every run shares (the first
+    level: :func:`resample_counts` columns). For replicate b, R runs are drawn with replacement (independently per
+    replicate, from ``rng``) and their replicate-b values averaged. The drawn runs' deviations from the replicate's
+    mean over all runs are scaled by ``sqrt(R / (R - 1))``: a plain resample of R values has variance of the mean
+    ``(R - 1) / R * s^2 / R``, which for 3 seeds understates the seed noise by a third; scaled, it is ``s^2 / R``,
+    the usual standard error (the rescaling of Rao & Wu's bootstrap). One run: the values themselves (no seed
+    level to resample). NaN in a replicate where any run's value is NaN (left out of CIs downstream).
+    """
+    v = np.asarray(per_run, dtype=np.float64)
+    if v.ndim != 2 or not v.shape[0] or not v.shape[1]:
+        raise ValueError(f"per_run must be [runs >= 1, replicates >= 1], got {v.shape}")
+    runs, reps = v.shape
+    if runs == 1:
+        return v[0].copy()
+    draws = rng.integers(0, runs, size=(runs, reps))  # [R, B]: the runs drawn for each replicate
+    mean = v.mean(axis=0)
+    drawn = np.take_along_axis(v, draws, axis=0).mean(axis=0)
+    return mean + np.sqrt(runs / (runs - 1)) * (drawn - mean)

@@ -1,6 +1,7 @@
 """Every number of the study report: per arm the seed statistics and the bootstrap of its test predictions on
-resamples shared within a dataset, per dataset the ranking, the paired comparisons and the published MedMNIST v2
-comparison, then the across-dataset tests and the CheXtransfer analyses."""
+resamples shared within a dataset, per dataset the ranking, the comparisons of arms (two-level bootstrap over seeds
+and test images) and the published MedMNIST v2 comparison, then the across-dataset tests and the CheXtransfer
+analyses."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from medbench.study.architecture import config_params, imagenet_top1
 from medbench.study.chextransfer import chextransfer
 from medbench.study.grouping import Arm, Section, group_runs, label_text
 from medbench.study.records import SEED_KEY, RunRecord, gap, metric
-from medbench.study.stats import LEVEL, mean_replicates, mean_std, paired_difference, percentile_ci, wilcoxon_pairs
+from medbench.study.stats import LEVEL, arm_difference, mean_replicates, mean_std, percentile_ci, wilcoxon_pairs
 
 NOT_DONE_ORDER = ("failed", "missing", "running", "pending")
 
@@ -36,10 +37,10 @@ def analyse(records: Sequence[RunRecord], axes: Sequence[str], *, data_dir=None,
         y, counts = _test_resamples(sec, replicates, seed)
         for arm in sec.arms.values():
             _analyse_arm(arm, sec, y, counts, level)
-        out_sections.append(_section_summary(sec, level))
+        out_sections.append(_section_summary(sec, level, seed))
     summary = {"sections": out_sections}
     summary["cross_dataset"] = _cross_dataset(sections)
-    summary["chextransfer"] = chextransfer(sections, axes, level)
+    summary["chextransfer"] = chextransfer(sections, axes, level, seed)
     return summary, sections
 
 
@@ -78,6 +79,7 @@ def _analyse_arm(arm: Arm, sec: Section, y: np.ndarray | None, counts: np.ndarra
             per_run["auc"].append(reps["auc"])
             per_run["acc"].append(reps["acc"])
     arm.reps = {k: mean_replicates(v) for k, v in per_run.items()}
+    arm.run_reps = {k: np.stack(v) if v else None for k, v in per_run.items()}
     arm.reps_runs = len(per_run["auc"])
     arm.stats["test_auc"]["ci"] = percentile_ci(arm.reps["auc"], level)
     arm.stats["test_acc"]["ci"] = percentile_ci(arm.reps["acc"], level)
@@ -124,7 +126,7 @@ def _sorted_arms(sec: Section) -> list[Arm]:
     return sorted(sec.arms.values(), key=key)
 
 
-def _section_summary(sec: Section, level: float) -> dict:
+def _section_summary(sec: Section, level: float, seed: int) -> dict:
     arms = _sorted_arms(sec)
     ranked = [a for a in arms if a.mean("test_auc") is not None]
     best = ranked[0] if ranked else None
@@ -132,7 +134,8 @@ def _section_summary(sec: Section, level: float) -> dict:
     best_val = max(by_val, key=lambda a: a.mean("val_auc")) if by_val else None
     arm_rows = [_arm_row(arm, rank, rank_shown=arm in ranked, best=arm is best, best_val=arm is best_val)
                 for rank, arm in enumerate(arms, 1)]
-    significance = [] if best is None else [_versus_best(best, arm, level) for arm in arms if arm is not best]
+    significance = [] if best is None else [_versus_best(best, arm, sec, level, seed) for arm in arms
+                                            if arm is not best]
     return {"title": sec.title, "dataset": sec.dataset, "size": sec.size, "task": sec.task, "n_test": sec.n_test,
             "note": sec.note, "arms": arm_rows, "best_arm": best.text if best else None,
             "best_by_val": best_val.text if best_val else None, "significance": significance,
@@ -153,13 +156,17 @@ def _arm_row(arm: Arm, rank: int, *, rank_shown: bool, best: bool, best_val: boo
     }
 
 
-def _versus_best(best: Arm, arm: Arm, level: float) -> dict:
-    """Paired bootstrap of the best arm's mean test AUC against another arm's."""
+def _versus_best(best: Arm, arm: Arm, sec: Section, level: float, seed: int) -> dict:
+    """The best arm's mean test AUC against another arm's: two-level bootstrap over seeds and test images
+    (:func:`~medbench.study.stats.arm_difference`); no CI or p with fewer than 3 seeds in either arm."""
     m_best, m_arm = best.mean("test_auc"), arm.mean("test_auc")
-    diff = paired_difference(best.reps.get("auc"), arm.reps.get("auc"), level)
+    diff = arm_difference(best.run_reps.get("auc"), arm.run_reps.get("auc"), n_images=sec.n_test, seed=seed,
+                          level=level)
     return {"best": best.text, "arm": arm.text,
             "diff": m_best - m_arm if m_best is not None and m_arm is not None else None,
-            "ci": diff["ci"], "p": diff["p"], "n_seeds_best": len(best.done), "n_seeds_arm": len(arm.done)}
+            "ci": diff["ci"], "p": diff["p"], "caveat": diff["caveat"], "too_few": diff["too_few"],
+            "test_images_only": diff["test_images_only"], "n_seeds_best": len(best.done),
+            "n_seeds_arm": len(arm.done), "n_seeds_compared": [diff["n_seeds_a"], diff["n_seeds_b"]]}
 
 
 def _published_summary(sec: Section, best_val: Arm | None) -> dict | None:

@@ -1,15 +1,17 @@
 """The study report's sections as blocks, built from its summary: the leaderboard, train vs test, the published
-MedMNIST v2 comparison and the significance tests. Each section is ``(id, heading, blocks)``."""
+MedMNIST v2 comparison and the significance tests. Each section is ``(id, heading, blocks)``, or None when it has
+nothing to show (no empty headings or tables)."""
 from __future__ import annotations
 
 import numpy as np
 
+from medbench.metrics.comparison import MIN_SEEDS
 from medbench.study import published as P
 from medbench.study.figures import forest_figure
 from medbench.study.grouping import value_text
 from medbench.study.tables import Block, Table, ci_text, mean_pm, num, p_text, signed, slug
 
-Section = tuple[str, str, list[Block]]
+Section = tuple[str, str, list[Block]]  # (id, heading, blocks)
 
 
 def leaderboard(summary: dict) -> Section:
@@ -21,14 +23,12 @@ def leaderboard(summary: dict) -> Section:
                          f"across other seeds. Best arm (highest mean test AUC) in bold.")]
     for sec in summary["sections"]:
         blocks += _leaderboard_blocks(sec, level)
-    blocks.append(Block("h3", "Runs not done"))
     if summary["not_done"]:
         rows = [[r["id"], r["status"], r["dataset"], r["arm"], value_text(r["seed"]), (r["error"] or "")[:300]]
                 for r in summary["not_done"]]
-        blocks.append(Block("table", table=Table("not-done", ["run", "status", "dataset", "arm", "seed", "error"],
-                                                 rows, first_attr="run", text_cols=(0, 1, 2, 3, 5))))
-    else:
-        blocks.append(Block("p", "Every run finished."))
+        blocks += [Block("h3", "Runs not done"),
+                   Block("table", table=Table("not-done", ["run", "status", "dataset", "arm", "seed", "error"],
+                                              rows, first_attr="run", text_cols=(0, 1, 2, 3, 5)))]
     return "leaderboard", "Leaderboard", blocks
 
 
@@ -58,11 +58,12 @@ def _leaderboard_blocks(sec: dict, level: float) -> list[Block]:
     return blocks
 
 
-def train_vs_test(summary: dict) -> Section:
-    blocks = [Block("p", "Means over seeds; gap = train − test (positive: better on the training images).")]
-    for sec in summary["sections"]:
-        blocks += _gap_blocks(sec)
-    return "gap", "Train vs test", blocks
+def train_vs_test(summary: dict) -> Section | None:
+    blocks = [b for sec in summary["sections"] for b in _gap_blocks(sec)]
+    if not blocks:
+        return None
+    return "gap", "Train vs test", [Block("p", "Means over seeds; gap = train − test (positive: better on the "
+                                               "training images).")] + blocks
 
 
 def _gap_blocks(sec: dict) -> list[Block]:
@@ -73,14 +74,14 @@ def _gap_blocks(sec: dict) -> list[Block]:
                      signed(a["gap_auc"]["mean"]), num(a["train_acc"]["mean"]), num(a["test_acc"]["mean"]),
                      signed(a["gap_acc"]["mean"])])
     if not rows:
-        return [Block("h3", sec["title"]), Block("p", "No run finished.")]
+        return []
     return [Block("h3", sec["title"]),
             Block("table", table=Table(f"gap-{slug(sec['title'])}",
                                        ["arm", "seeds", "train AUC", "test AUC", "AUC gap", "train ACC", "test ACC",
                                         "ACC gap"], rows, [a["best"] for a in arms]))]
 
 
-def published(summary: dict) -> Section:
+def published(summary: dict) -> Section | None:
     src = P.MEDMNIST_V2_SOURCE
     blocks = [Block("p", f"Published: {src['citation']} doi:{src['doi']}; values as tabulated on {src['url']} "
                          f"(repository {src['repository']}, {src['path']} at commit {src['commit'][:12]}); "
@@ -91,13 +92,12 @@ def published(summary: dict) -> Section:
         b = _published_blocks(sec)
         any_pub = any_pub or bool(b)
         blocks += b
-    if not any_pub:
-        blocks.append(Block("note", "None of this study's datasets is in the published MedMNIST v2 2D table."))
-    else:
-        disc = "; ".join(f"{d['dataset']} {d['method']} {d['metric']}: site {d['site']}, quoted {d['quoted']}"
-                         for d in P.MEDMNIST_V2_DISCREPANCIES)
-        blocks.append(Block("note", f"Third-party quotes of the journal's Table 3 differ from the site in: {disc}. "
-                                    "The site's values are shown."))
+    if not any_pub:  # none of the study's datasets is in the published MedMNIST v2 2D table
+        return None
+    disc = "; ".join(f"{d['dataset']} {d['method']} {d['metric']}: site {d['site']}, quoted {d['quoted']}"
+                     for d in P.MEDMNIST_V2_DISCREPANCIES)
+    blocks.append(Block("note", f"Third-party quotes of the journal's Table 3 differ from the site in: {disc}. "
+                                "The site's values are shown."))
     return "published", "Published MedMNIST v2 comparison", blocks
 
 
@@ -134,28 +134,36 @@ def _published_blocks(sec: dict) -> list[Block]:
     return blocks
 
 
-def significance(summary: dict) -> Section:
-    blocks = [Block("p", "Within each dataset: paired bootstrap of the best arm against every other arm. Every run "
-                         "on a dataset is scored on the same test resamples, so the difference of the arms' "
-                         "mean-over-seeds AUC is computed per resample; the p-value is two-sided, "
-                         "min(1, 2·min(P(d ≤ 0), P(d ≥ 0))).")]
-    for sec in summary["sections"]:
-        blocks += _significance_blocks(sec)
+def significance(summary: dict) -> Section | None:
+    blocks = [b for sec in summary["sections"] for b in _significance_blocks(sec)]
     blocks += _cross_blocks(summary["cross_dataset"])
-    return "significance", "Significance", blocks
+    if not blocks:
+        return None
+    intro = Block("p", f"Within each dataset: the best arm (highest mean test AUC) against every other arm, by a "
+                       f"two-level bootstrap of {summary['replicates']} replicates. Each replicate resamples the "
+                       "seeds of each arm with replacement (their spread rescaled to the usual standard error "
+                       "s/√n) and the test images (one resample shared by every run on the dataset: the arms score "
+                       "the same images), and takes the difference of the arms' mean-over-seeds AUC; the CI is its "
+                       "percentile interval and p is two-sided, min(1, 2·min(P(d ≤ 0), P(d ≥ 0))). So the CI and p "
+                       f"include seed-to-seed variation, not only test-set sampling. With fewer than {MIN_SEEDS} "
+                       "seeds in an arm the seed noise cannot be told from the effect: no CI or p is given. With "
+                       "few seeds the interval is approximate (a t interval over seed means would be wider), and "
+                       "the best arm is picked on test AUC, which favours it.")
+    return "significance", "Significance", [intro] + blocks
 
 
 def _significance_blocks(sec: dict) -> list[Block]:
     comps = [s for s in sec["significance"] if s["n_seeds_arm"]]
     if not comps:
-        return [Block("h3", sec["title"]), Block("p", "Fewer than two arms finished: nothing to compare.")]
-    rows = [[s["arm"], f"{s['n_seeds_best']} vs {s['n_seeds_arm']}", signed(s["diff"]), ci_text(s["ci"]),
-             p_text(s["p"])] for s in comps]
+        return []
+    rows = [[s["arm"], f"{s['n_seeds_best']} vs {s['n_seeds_arm']}", signed(s["diff"]),
+             "—" if s.get("too_few") else ci_text(s["ci"]), "—" if s.get("too_few") else p_text(s["p"]),
+             s.get("too_few") or s.get("caveat") or ""] for s in comps]
     blocks = [Block("h3", sec["title"]),
               Block("p", f"Best arm (highest mean test AUC): {sec['best_arm']}. Difference = best − arm."),
               Block("table", table=Table(f"significance-{slug(sec['title'])}",
-                                         ["arm", "seeds (best vs arm)", "AUC difference", "95 % CI", "p (bootstrap)"],
-                                         rows))]
+                                         ["arm", "seeds (best vs arm)", "AUC difference", "95 % CI (seeds + images)",
+                                          "p", "what the CI and p cover"], rows, text_cols=(0, 5)))]
     skipped = len(sec["significance"]) - len(comps)
     if skipped:
         blocks.append(Block("p", f"{skipped} arm{'s' if skipped != 1 else ''} without a finished run not compared "
@@ -166,16 +174,15 @@ def _significance_blocks(sec: dict) -> list[Block]:
 def _cross_blocks(cross: dict) -> list[Block]:
     table = cross["table"]
     datasets = cross["datasets"]
-    if len(datasets) < 2:
-        return [Block("p", "The study has one dataset: no across-dataset test.")]
+    if len(datasets) < 2 or not table:  # one dataset (or no finished arm): no across-dataset test
+        return []
     blocks = [Block("h3", "Mean test AUC per dataset")]
     order = sorted(table, key=lambda k: -float(np.mean(list(table[k].values()))))
     rows = [[name] + [num(table[name].get(d)) for d in datasets] for name in order]
     blocks.append(Block("table", table=Table("cross-dataset-auc", ["arm"] + datasets, rows)))
-    blocks.append(Block("h3", "Wilcoxon signed-rank tests across datasets"))
-    if not cross["wilcoxon"]:
-        blocks.append(Block("p", "No pair of arms ran on two or more datasets."))
+    if not cross["wilcoxon"]:  # no pair of arms ran on two or more datasets
         return blocks
+    blocks.append(Block("h3", "Wilcoxon signed-rank tests across datasets"))
     small = sorted({w["n"] for w in cross["wilcoxon"] if not w["can_reach_005"]})
     if small:
         blocks.append(Block("note", f"Too few datasets for significance: with n ≤ 5 datasets the exact two-sided "

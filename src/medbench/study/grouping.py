@@ -42,6 +42,7 @@ class Arm:
     runs: list[RunRecord] = field(default_factory=list)
     reps: dict[str, np.ndarray | None] = field(default_factory=dict)
     reps_runs: int = 0
+    run_reps: dict[str, np.ndarray | None] = field(default_factory=dict)  # [seeds, B] each run's replicates
     stats: dict = field(default_factory=dict)
     params: int | None = None
     top1: dict = field(default_factory=dict)

@@ -15,19 +15,23 @@ What the report holds, per dataset (a dataset at one image size and one way of s
 * **Train vs test.** Train and test AUC / ACC and their gap (train - test), means over seeds.
 * **Published MedMNIST v2 comparison** (:mod:`medbench.study.published`). Our best arm, chosen by mean
   *validation* AUC, beside the published methods.
-* **Significance.** Paired bootstrap between the best arm (highest mean test AUC) and every other arm: the
-  difference of mean-over-seeds test AUC on the same resamples, its 95 % CI, and the two-sided bootstrap p
-  ``min(1, 2 min(P(d <= 0), P(d >= 0)))``. Across datasets, a Wilcoxon signed-rank test of every pair of arms
-  run on at least two datasets (their per-dataset mean test AUC); with n datasets and no ties the smallest
-  attainable exact two-sided p is ``2 / 2**n``, so with n <= 5 no p can fall below 0.05 (0.0625 at n = 5).
+* **Significance.** Two-level bootstrap between the best arm (highest mean test AUC) and every other arm
+  (:func:`~medbench.study.stats.arm_difference`): every replicate resamples each arm's seeds with replacement and
+  the test images (one resample shared by both arms), and takes the difference of mean-over-seeds test AUC; its
+  95 % CI and the two-sided bootstrap p ``min(1, 2 min(P(d <= 0), P(d >= 0)))`` stand beside what was resampled.
+  With fewer than 3 seeds in either arm there is no CI or p, only the difference and that limitation. The
+  CheXtransfer pretraining boost and truncation comparisons use the same bootstrap. Across datasets, a Wilcoxon
+  signed-rank test of every pair of arms run on at least two datasets (their per-dataset mean test AUC); with n
+  datasets and no ties the smallest attainable exact two-sided p is ``2 / 2**n``, so with n <= 5 no p can fall
+  below 0.05 (0.0625 at n = 5).
 * **CheXtransfer analyses** (Ke et al., "CheXtransfer", CHIL 2021), when the study has several architectures:
   parameters vs test AUC (pretrained and scratch marked apart), the pretraining boost (pretrained - scratch) vs
   parameters when there is a ``pretrained`` axis, the parameter efficiency of truncation when there is a
   ``truncate`` axis, and Spearman's rho of ImageNet top-1 accuracy and of log-parameters against test AUC over
   architectures (separately for each remaining setting, e.g. pretrained and scratch).
 
-The HTML is self-contained (inline PNG figures, no script); ``results.md`` has the same tables in Markdown;
-``summary.json`` every number shown.
+Sections (and datasets within them) with nothing to show are left out. The HTML is self-contained (inline PNG
+figures, no script); ``results.md`` has the same tables in Markdown; ``summary.json`` every number shown.
 
 Where the pieces live (this module only strings them together): :mod:`~medbench.study.records` (the runs, from
 the store and their run directories), :mod:`~medbench.study.grouping` (sections and arms),
@@ -111,8 +115,9 @@ def build_report(out_dir: str | os.PathLike, *, study=None, db_url: str | None =
                "counts": _status_counts(records), "not_done": not_done(records, sections), **numbers,
                **_sources()}
     summary = _json_ready(summary)
-    return summary, [B.leaderboard(summary), B.train_vs_test(summary), B.published(summary),
-                     B.significance(summary), chextransfer_section(summary["chextransfer"])]
+    sections = [B.leaderboard(summary), B.train_vs_test(summary), B.published(summary), B.significance(summary),
+                chextransfer_section(summary["chextransfer"])]
+    return summary, [s for s in sections if s is not None]  # a section with nothing to show is left out
 
 
 def _status_counts(records: Sequence[RunRecord]) -> dict:

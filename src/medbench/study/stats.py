@@ -1,6 +1,6 @@
 """Statistics of the study report: mean ± std over seeds, bootstrap CIs and p-values from replicates computed on
-shared test resamples, Spearman's rho over architectures and Wilcoxon signed-rank tests across datasets. Pure
-functions of numbers."""
+shared test resamples (arm comparisons by a two-level bootstrap over seeds and test images), Spearman's rho over
+architectures and Wilcoxon signed-rank tests across datasets. Pure functions of numbers."""
 from __future__ import annotations
 
 import math
@@ -11,6 +11,7 @@ import numpy as np
 from scipy.stats import spearmanr, wilcoxon
 
 from medbench import metrics
+from medbench.metrics.comparison import MIN_SEEDS, too_few_text, two_level_difference
 
 LEVEL = 0.95
 
@@ -52,6 +53,36 @@ def paired_difference(reps_a: np.ndarray | None, reps_b: np.ndarray | None, leve
         return {"ci": None, "p": None}
     d = np.asarray(reps_a, dtype=np.float64) - np.asarray(reps_b, dtype=np.float64)
     return {"ci": percentile_ci(d, level), "p": bootstrap_p(d)}
+
+
+def arm_difference(runs_a: np.ndarray | None, runs_b: np.ndarray | None, *, n_images: int | None = None,
+                   seed: int = 0, level: float = LEVEL) -> dict:
+    """A - B of two arms' mean-over-seeds metric by the two-level bootstrap: each replicate resamples the seeds
+    of each arm with replacement and the test images (one resample shared by both arms, which score the same
+    images); :func:`medbench.metrics.comparison.two_level_difference`.
+
+    ``runs_a`` / ``runs_b``: [seeds, B] per-run replicates on the shared test resamples (None without any).
+    Returns {"ci", "p", "n_seeds_a", "n_seeds_b", "caveat" (what was resampled, to print beside p), "too_few"
+    (instead of a CI and p when an arm has fewer than 3 seeds), "test_images_only" (the CI and p of the paired
+    bootstrap over test images alone, which ignores seed noise: kept for contrast, not shown as the result)}.
+    """
+    na = 0 if runs_a is None else len(runs_a)
+    nb = 0 if runs_b is None else len(runs_b)
+    out = {"ci": None, "p": None, "n_seeds_a": na, "n_seeds_b": nb, "caveat": None, "too_few": None,
+           "test_images_only": None}
+    if not na or not nb:
+        return out
+    image = np.mean(runs_a, axis=0) - np.mean(runs_b, axis=0)
+    out["test_images_only"] = {"ci": percentile_ci(image, level), "p": bootstrap_p(image)}
+    if min(na, nb) < MIN_SEEDS:
+        out["too_few"] = too_few_text(na, nb)
+        return out
+    two = two_level_difference(runs_a, runs_b, seed=seed, level=level)
+    images = f"{n_images} test images" if n_images else "the test images"
+    out.update(ci=two["diff_ci"], p=two["p_value"],
+               caveat=f"two-level bootstrap: seeds resampled within each arm ({na} vs {nb}) and {images} "
+                      f"(shared by both arms), {two['replicates']} replicates; approximate with few seeds")
+    return out
 
 
 def min_wilcoxon_p(n: int) -> float:
