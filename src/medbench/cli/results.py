@@ -78,7 +78,7 @@ def _print_comparison(res: dict) -> None:
 
 
 def cmd_compare(args) -> None:
-    from medbench.compare import compare_runs
+    from medbench.compare import compare_runs, subgroup_lines
 
     check_run_dir(args.run_a)
     check_run_dir(args.run_b)
@@ -88,6 +88,8 @@ def cmd_compare(args) -> None:
         print(json.dumps(res, indent=2))
     else:
         _print_comparison(res)
+        for line in subgroup_lines(res.get("subgroups") or {}):  # both runs recorded subgroup metrics
+            print(line)
 
 
 def cmd_report(args) -> None:
