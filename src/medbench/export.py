@@ -4,6 +4,11 @@ The exported graph takes what medbench's datasets hold, uint8 images ``[N, C, S,
 run's size and channels, e.g. by :meth:`medbench.predict.Predictor.load_image`), and returns float32 class
 probabilities ``[N, K]`` (softmax; sigmoid per label for multi-label runs; CORN class probabilities for ordinal
 CORN runs), so a runtime needs no medbench code. Files: ``RUN_DIR/model.onnx`` or ``RUN_DIR/model.ts``.
+
+A calibrated run (``calibration.json``, ``--calibrate temperature``) exports its calibrated probabilities: the
+temperature is folded into the graph (the logits divided by ``T`` for one softmax/sigmoid network; for averaged
+networks and CORN, ``softmax(log p / T)`` or ``sigmoid(logit p / T)`` on the averaged probabilities), so the
+file gives what :class:`~medbench.predict.Predictor` gives.
 """
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ class Deployable(nn.Module):
     """uint8 images -> probabilities: the run's normalisation, network(s) and output scores in one module; several
     networks (an ensemble run) are averaged in probability, as in the run's metrics."""
 
-    def __init__(self, models: list[nn.Module], mean, std, to_rgb: bool, task: str, num_classes: int, corn: bool):
+    def __init__(self, models: list[nn.Module], mean, std, to_rgb: bool, task: str, num_classes: int, corn: bool,
+                 temperature: float | None = None):
         super().__init__()
+        self.temperature = None if temperature is None or temperature == 1.0 else float(temperature)
         self.models = nn.ModuleList(models)
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)))
         self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32) /
@@ -37,8 +44,19 @@ class Deployable(nn.Module):
         if self.to_rgb:
             x = x.expand(-1, 3, -1, -1)
         x = x * self.scale - self.shift
+        t = self.temperature
+        if t is not None and len(self.models) == 1 and not self.corn:  # exact: softmax(z / T), sigmoid(z / T)
+            return self.scores(self.models[0](x).float() / t)
         probs = [self.scores(m(x).float()) for m in self.models]
-        return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+        p = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+        return p if t is None else self.calibrated(p, t)
+
+    def calibrated(self, p: torch.Tensor, t: float) -> torch.Tensor:
+        """medbench.metrics.calibration.apply_temperature on probabilities, in float32."""
+        tiny = torch.finfo(torch.float32).tiny
+        if self.task == "multilabel":
+            return torch.sigmoid((torch.log(p.clamp_min(tiny)) - torch.log((1 - p).clamp_min(tiny))) / t)
+        return torch.softmax(torch.log(p.clamp_min(tiny)) / t, dim=1)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         if self.task == "multilabel":
@@ -56,7 +74,8 @@ def deployable(predictor) -> Deployable:
     p = predictor.prep
     models = [m.to("cpu").to(memory_format=torch.contiguous_format).eval() for m in predictor.models]
     return Deployable(models, p.mean, p.std, bool(p.to_rgb and predictor.channels == 1), predictor.task.name,
-                      predictor.task.num_classes, isinstance(predictor.task, CornTask)).eval()
+                      predictor.task.num_classes, isinstance(predictor.task, CornTask),
+                      predictor.temperature).eval()
 
 
 def export_run(run_dir: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None) -> Path:

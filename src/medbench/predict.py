@@ -22,7 +22,8 @@ from medbench.baselines import is_baseline
 from medbench.build import build_preprocess, build_task, load_run_model, run_data_spec
 from medbench.config import load_config
 from medbench.errors import MedbenchError
-from medbench.rundir import CONFIG, model_weights, read_metrics, require_run_dir
+from medbench.metrics.calibration import apply_temperature, read_temperature
+from medbench.rundir import CALIBRATION, CONFIG, model_weights, read_metrics, require_run_dir
 from medbench.tasks import decide
 
 NPZ_SUFFIX = ".npz"
@@ -42,7 +43,9 @@ class Predictor:
 
     ``threshold`` (binary tasks): the decision threshold on P(positive); default the run's validation-chosen
     (Youden) threshold from metrics.json, else 0.5. ``tta``: average with horizontally flipped views (refused
-    for runs trained with ``no_flip``).
+    for runs trained with ``no_flip``). ``temperature``: the run's temperature scaling (``calibration.json``,
+    written by ``--calibrate temperature``), applied to the averaged probabilities as in the run's metrics;
+    None when the run is not calibrated.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, device: str | torch.device = "cpu", tta: bool = False,
@@ -62,6 +65,7 @@ class Predictor:
         self.model = self.models[0]
         self.prep = build_preprocess(cfg, self.spec)
         self.tta = tta
+        self.temperature = read_temperature(self.run_dir / CALIBRATION)
         try:
             metrics = read_metrics(self.run_dir, missing_ok=True)
         except MedbenchError:  # a damaged metrics.json only costs the recorded threshold
@@ -118,7 +122,9 @@ class Predictor:
             p = sum(self.task.scores(m(self.prep(v))).double() for m in self.models for v in views)
             out.append((p / (len(self.models) * len(views))).cpu())
         k = self.task.num_classes
-        return torch.cat(out).numpy() if out else np.zeros((0, k))
+        probs = torch.cat(out).numpy() if out else np.zeros((0, k))
+        # calibration acts on the averaged probabilities, as when the temperature was fitted
+        return probs if self.temperature is None else apply_temperature(probs, self.task.name, self.temperature)
 
     def decide(self, probs: np.ndarray) -> list[str]:
         """The predicted label per row: binary at ``threshold``; argmax; multi-label: the labels > 0.5 joined
