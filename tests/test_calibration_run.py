@@ -15,7 +15,7 @@ from medbench.export import deployable
 from medbench.metrics import compute_metrics
 from medbench.metrics.calibration import apply_temperature, calibrate_splits, write_calibration
 from medbench.predict import Predictor
-from medbench.report.calibration import calibration_section
+from medbench.report.calibration import calibration_section, calibration_sections
 from medbench.rundir import CALIBRATION, predictions_path, read_predictions
 
 
@@ -116,7 +116,8 @@ def test_damaged_calibration_file_is_one_clear_error(calibrated):
 
 def test_report_section_shows_ece_and_reliability_before_and_after(calibrated, breast_run):
     run, _, _, _, record = calibrated
-    assert calibration_section(breast_run) is None  # not calibrated: no section
+    assert calibration_section(breast_run) is None and calibration_sections(breast_run) == []  # not calibrated
+    assert calibration_sections(run) == [calibration_section(run)]
     sid, heading, body = calibration_section(run)
     assert sid == "temperature-scaling" and "temperature scaling" in heading
     assert f"T = {record['temperature']:.4f}" in body

@@ -97,3 +97,9 @@ def calibration_section(run_dir: str | Path) -> Section | None:
              f"probabilities. ECE: {record.get('bins', 15)} equal-width confidence bins.</p>")
     body = intro + table(["split", "n", "ECE before", "ECE after"], rows, table_id="calibration-ece") + figure
     return SECTION_ID, HEADING, body
+
+
+def calibration_sections(directory: str | Path) -> list[Section]:
+    """The run report's hook: ``[section]`` for a calibrated run (or evaluation folder), else ``[]``."""
+    found = calibration_section(directory)
+    return [found] if found else []
