@@ -67,6 +67,9 @@ def test_per_subgroup_auc_acc_equal_scikit_learn_and_cis_bracket_them(scored, br
     f, m = (rec["columns"]["sex"]["groups"][g]["auc"] for g in ("F", "M"))
     assert gap["gap"] == pytest.approx(abs(f - m)) and {gap["max"]["group"], gap["min"]["group"]} == {"F", "M"}
     assert gap["max"]["value"] == max(f, m)
+    tie = subgroup_metrics(y, np.stack([np.zeros(len(y)), np.ones(len(y))], 1), "binary", groups, bootstrap=0)
+    even = tie["columns"]["sex"]["gaps"]["sensitivity"]  # every image decided positive: sensitivity 1 everywhere
+    assert even["gap"] == 0 and {even["max"]["group"], even["min"]["group"]} == {"F", "M"}
     json.dumps(rec, allow_nan=False)  # plain JSON: no NaN anywhere
 
 

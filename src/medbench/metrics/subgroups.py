@@ -162,8 +162,8 @@ def _gaps(recs: dict[str, dict], task: str) -> dict:
             out[key] = {"gap": None, "max": None, "min": None,
                         "reason": f"fewer than two subgroups with a defined {key} ({len(vals)})"}
             continue
-        hi = max(vals, key=lambda t: t[1])
         lo = min(vals, key=lambda t: t[1])
+        hi = max(reversed(vals), key=lambda t: t[1])  # on a tie (gap 0) two different subgroups are named
         out[key] = {"gap": hi[1] - lo[1], "max": {"group": hi[0], "value": hi[1]},
                     "min": {"group": lo[0], "value": lo[1]}}
     return out
