@@ -71,6 +71,8 @@ def build_model(cfg: RunConfig, ds, task: Task, load_weights: bool = True) -> to
     """The run's network; ``load_weights=False`` skips pretrained loading (the run's own weights follow)."""
     kwargs = {} if cfg.stem == "auto" else {"stem": cfg.stem}
     kwargs.update({k: v for k in ("drop_rate", "drop_path_rate") if (v := getattr(cfg, k)) is not None})
+    if cfg.init != "auto" and "init" in model_entry(cfg.model).options:  # ResNets; other models keep their own
+        kwargs["init"] = cfg.init
     in_chans = input_channels(cfg, ds)
     mean, std = normalization(cfg, in_chans)
     return create_model(cfg.model, num_classes=task.num_outputs, in_chans=in_chans, img_size=cfg.size,

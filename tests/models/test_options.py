@@ -32,7 +32,7 @@ def test_every_model_declares_its_options_and_the_catalogue_lists_them(capsys):
     assert model_entry("tf_efficientnet_lite0").options == ("drop_rate", "drop_path_rate")
     assert model_entry("cnn5").options == ("drop_rate",) and model_entry("cnn2").options == ()
     assert model_entry("densenet121").options == ("drop_rate",)
-    assert set(model_entry("resnet50").options) == {"stem", "drop_path_rate"}
+    assert set(model_entry("resnet50").options) == {"stem", "drop_path_rate", "init"}
     assert main(["models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == set(list_models())
@@ -99,7 +99,8 @@ def test_networks_without_residual_branches_refuse_drop_path_rate_and_say_why():
     with pytest.raises(MedbenchError, match=r"Models that take drop_rate: cnn5, the convnext, densenet"):
         create_model("cnn2", num_classes=2, drop_rate=0.1)
     with pytest.raises(MedbenchError, match=r"'resnet18' does not take dropout\. It takes stem \(--stem\), "
-                                            r"drop_path_rate \(--drop-path-rate\)\. No model takes dropout"):
+                                            r"drop_path_rate \(--drop-path-rate\), init( \(--init\))?\. "
+                                            r"No model takes dropout"):
         create_model("resnet18", num_classes=2, dropout=0.1)
 
 

@@ -71,6 +71,10 @@ class RunConfig(BaseModel):
     features: Literal["pixels", "hog"] = setting("pixels", doc="sk: models: flattened pixels or HOG", group="model")
     stem: Literal["auto", "small", "imagenet"] = setting("auto", doc="ResNet stem (auto: small below 64 px)",
                                                          group="model")
+    init: Literal["auto", "torchvision", "torch-default"] = setting(
+        "auto", doc="ResNet weight initialisation: torchvision's (Kaiming-normal convolutions) or PyTorch's layer "
+                    "defaults (the MedMNIST v2 benchmark's models.py); auto: torchvision's. Other models keep their "
+                    "own", group="model")
     pretrained: bool = setting(False, doc="start from the model's ImageNet weights (cached, packaged or downloaded; "
                                           "never silently random)", group="model")
     weights: str | None = setting(None, doc="start from this weights file (.safetensors, or .pth holding tensors)",

@@ -5,6 +5,12 @@ by a 3x3/1 convolution, so the 28x28 map is not shrunk to 7x7 before the first b
 whenever ImageNet weights are loaded) they use the ImageNet stem. The first convolution takes the data's own
 channel count (1 or 3).
 
+``init`` picks the weight initialisation: ``torchvision`` (the default: torchvision's builders draw convolutions
+Kaiming-normal over fan-out, BatchNorm 1/0) or ``torch-default`` (every layer's own PyTorch default: convolutions
+and the classifier Kaiming-uniform with a = sqrt(5) over fan-in, about a sixth of the variance). The MedMNIST v2
+benchmark's ResNets (MedMNIST/experiments ``models.py``, after kuangliu/pytorch-cifar) never re-initialise, so
+the ``medmnist-v2`` recipe asks for ``torch-default``. Pretrained weights replace either.
+
 ``drop_path_rate`` adds stochastic depth (Huang et al., 2016): in training, each residual block's branch is
 dropped for a random subset of the samples (timm's ``DropPath``, survivors scaled by 1 / keep), with rates rising
 linearly from 0 at the first block to ``drop_path_rate`` at the last, as timm's ResNets do. Parameters and
@@ -20,6 +26,7 @@ from medbench.errors import MedbenchError
 from medbench.models.registry import register_model
 
 STEMS = ("auto", "small", "imagenet")
+INITS = ("torchvision", "torch-default")
 
 
 def _branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -55,10 +62,20 @@ def add_stochastic_depth(model: resnet.ResNet, rate: float) -> None:
         block.drop_path = DropPath(rate * i / (len(blocks) - 1))
 
 
+def reset_to_torch_defaults(model: nn.Module) -> None:
+    """Give every layer PyTorch's own initialisation (each module's ``reset_parameters``), undoing torchvision's
+    Kaiming-normal convolutions: what a ResNet written from plain ``nn`` layers starts from."""
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
 def _resnet(builder, num_classes: int, in_chans: int, img_size: int, pretrained: bool = False,
-            stem: str = "auto", drop_path_rate: float = 0.0) -> nn.Module:
+            stem: str = "auto", drop_path_rate: float = 0.0, init: str = "torchvision") -> nn.Module:
     if stem not in STEMS:
         raise MedbenchError(f"unknown stem '{stem}'; valid: {', '.join(STEMS)}")
+    if init not in INITS:
+        raise MedbenchError(f"unknown init '{init}'; valid: {', '.join(INITS)}")
     if stem == "auto":
         stem = "imagenet" if pretrained or img_size >= 64 else "small"
     elif stem == "small" and pretrained:
@@ -72,14 +89,17 @@ def _resnet(builder, num_classes: int, in_chans: int, img_size: int, pretrained:
     elif in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, width, kernel_size=7, stride=2, padding=3, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    if init == "torch-default":
+        reset_to_torch_defaults(model)
     if drop_path_rate:
         add_stochastic_depth(model, drop_path_rate)
     return model
 
 
 def _register(name: str, builder, weights: str | None, description: str) -> None:
-    def build(num_classes, in_chans=3, img_size=28, pretrained=False, stem="auto", drop_path_rate: float = 0.0):
-        return _resnet(builder, num_classes, in_chans, img_size, pretrained, stem, drop_path_rate)
+    def build(num_classes, in_chans=3, img_size=28, pretrained=False, stem="auto", drop_path_rate: float = 0.0,
+              init: str = "torchvision"):
+        return _resnet(builder, num_classes, in_chans, img_size, pretrained, stem, drop_path_rate, init)
 
     build.__name__ = name
     register_model(name, "resnet", description + "; 3x3/1 stem below 64 px (MedMNIST), ImageNet stem from 64 px",
