@@ -14,12 +14,13 @@ from medbench.data.loader import Preprocess
 from medbench.errors import MedbenchError
 from medbench.metrics import compute_metrics, youden_threshold
 from medbench.run import evaluate, train
+from medbench.rundir import read_predictions
 
 BASE = {"dataset": "breastmnist", "model": "cnn5", "epochs": 4, "seed": 0}
 
 
 def _scores(path):
-    return np.loadtxt(path, delimiter=",", ndmin=2)[:, 1:]
+    return read_predictions(path)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,9 @@ def test_the_best_checkpoints_are_kept_best_first(kept_run):
 def test_evaluate_ensemble_tta_bootstrap_from_the_cli(kept_run, medmnist_dir, capsys):
     assert main(["evaluate", str(kept_run), "--bootstrap", "200", "--ensemble", "3", "--tta", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "ensemble 3, tta on, bootstrap 200" in out and "gap    train - test" in out
-    metrics = json.loads((kept_run / "metrics.json").read_text())
+    record = kept_run / "evaluations" / "ensemble3-tta-bootstrap200"
+    assert f"wrote {record} (ensemble 3, tta on, bootstrap 200)" in out and "gap    train - test" in out
+    metrics = json.loads((record / "metrics.json").read_text())
     assert metrics["evaluation"]["ensemble"] == 3 and metrics["evaluation"]["tta"] is True
     assert len(metrics["evaluation"]["members"]) == 3
     # the predictions are the mean of 3 checkpoints x 2 views, recomputed here by hand
@@ -67,7 +69,7 @@ def test_evaluate_ensemble_tta_bootstrap_from_the_cli(kept_run, medmnist_dir, ca
         model.eval()
         with torch.no_grad():
             probs = probs + task.scores(model(prep(x))).double() + task.scores(model(prep(x.flip(-1)))).double()
-    assert np.allclose(_scores(kept_run / "predictions" / "test.csv"), (probs / 6).numpy(), atol=1e-5)
+    assert np.allclose(_scores(record / "predictions" / "test.csv"), (probs / 6).numpy(), atol=1e-5)
     for split in ("train", "val", "test"):
         rec = metrics[split]
         for key in ("acc", "auc", "f1_macro", "balanced_acc", "sensitivity", "specificity", "ece", "log_loss"):
@@ -80,10 +82,10 @@ def test_evaluate_ensemble_tta_bootstrap_from_the_cli(kept_run, medmnist_dir, ca
 def test_binary_metrics_at_the_validation_youden_threshold(kept_run, medmnist_dir):
     metrics = evaluate(kept_run, quiet=True)
     ds = load_dataset("breastmnist", data_dir=medmnist_dir)
-    val = _scores(kept_run / "predictions" / "val.csv")
+    val = _scores(metrics.path / "predictions" / "val.csv")
     t = youden_threshold(ds["val"].labels.numpy(), val)
     assert metrics["threshold"]["youden"] == pytest.approx(t) and metrics["threshold"]["chosen_on"] == "val"
-    test = _scores(kept_run / "predictions" / "test.csv")
+    test = _scores(metrics.path / "predictions" / "test.csv")
     y = ds["test"].labels.numpy()[:, 0]
     at = metrics["test"]["at_youden"]
     assert at["acc"] == pytest.approx(np.mean((test[:, 1] > t) == y))
@@ -131,9 +133,9 @@ def test_compare_refuses_runs_on_different_data(kept_run, tmp_path, medmnist_dir
         compare_runs(kept_run, other)
 
 
-def test_gap_survives_bootstrapping_one_split_but_not_other_models(kept_run):
+def test_gap_survives_bootstrapping_and_needs_train_and_test_in_one_evaluation(kept_run):
     evaluate(kept_run, quiet=True)
-    m = evaluate(kept_run, ["test"], bootstrap=50, quiet=True)  # CIs leave the point estimates as they were
+    m = evaluate(kept_run, bootstrap=50, quiet=True)  # CIs leave the point estimates as they were
     assert m["gap"]["auc"] == pytest.approx(m["train"]["auc"] - m["test"]["auc"])
-    m = evaluate(kept_run, ["test"], ensemble=2, quiet=True)  # train was scored by another model
-    assert m["gap"] is None
+    m = evaluate(kept_run, ["test"], ensemble=2, quiet=True)  # one split: no gap, and nothing mixed in
+    assert "gap" not in m and "train" not in m and m.name == "test-ensemble2"

@@ -3,6 +3,7 @@ import pytest
 from medmnist.evaluator import getACC, getAUC
 
 from medbench.metrics import acc, auc, compute_metrics
+from medbench.rundir import read_predictions
 
 MEDMNIST_TASK = {"binary": "binary-class", "multiclass": "multi-class", "multilabel": "multi-label, binary-class",
                  "ordinal": "ordinal-regression"}
@@ -128,7 +129,7 @@ def _train_scores(tmp, name, data_dir=None, dataset=None, **cfg):
 
         dataset = load_dataset(name, data_dir=data_dir, progress=False)
     return {split: (dataset[split].labels.numpy(),
-                    np.loadtxt(run / "predictions" / f"{split}.csv", delimiter=",", ndmin=2)[:, 1:])
+                    read_predictions(run / "predictions" / f"{split}.csv"))
             for split in ("val", "test")}
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from medbench.engine import cpu_bf16_detected, cpu_has_native_bf16
 from medbench.run import train
+from medbench.rundir import read_predictions
 
 # Without AVX512-BF16/AMX the CPU emulates bf16 convolutions, about 15x slower than fp32 for ResNet-18 (AVX2
 # EPYC: 2 vs 31 img/s at 32 px); the bf16 path is then checked on the small cnn5, which emulation runs in seconds.
@@ -76,9 +77,8 @@ def test_a_bf16_trained_run_gives_one_answer_everywhere(tmp_path, shared_data):
     run = train({"dataset": f"folder:{shared_data / 'chest_xray_subset'}", "model": "cnn5", "epochs": 2,
                  "precision": "bf16", "seed": 4}, tmp_path / "bf16", quiet=True, report=False)
     assert "precision: bf16" in (run / "config.yaml").read_text()
-    recorded = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
-    evaluate(run, ["test"], quiet=True)
-    again = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
+    recorded = read_predictions(run / "predictions" / "test.csv")
+    again = read_predictions(evaluate(run, ["test"], quiet=True).path / "predictions" / "test.csv")
     assert np.abs(again - recorded).max() <= 1e-6
 
     ds = dataset_for(load_config(run / "config.yaml"))

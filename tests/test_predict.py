@@ -14,6 +14,7 @@ from medbench.cli import main
 from medbench.data.decode import decode_image
 from medbench.errors import MedbenchError
 from medbench.predict import Predictor, expand_inputs, predict_files
+from medbench.rundir import read_prediction_table
 
 
 def _rows(path):
@@ -42,9 +43,9 @@ def test_predict_folder_writes_one_row_per_image_equal_to_the_runs_test_predicti
     from medbench.config import load_config
 
     ds = dataset_for(load_config(chest_run / "config.yaml"))
-    own = np.loadtxt(chest_run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
-    by_path = {str(folder.parent / rel): p
-               for rel, p in zip(ds.meta["files"]["test"], own)}
+    own = read_prediction_table(chest_run / "predictions" / "test.csv")
+    assert own.items == ds.meta["files"]["test"]  # each row names its file
+    by_path = {str(folder.parent / rel): p for rel, p in zip(own.items, own.scores)}
     for r, p in zip(rows, probs):
         np.testing.assert_allclose(p, by_path[r["path"]], atol=1e-5)
     cams = sorted((tmp_path / "cams").glob("*.png"))

@@ -15,6 +15,7 @@ from medbench.config import load_config, resolve_config
 from medbench.data import read_npz
 from medbench.errors import MedbenchError
 from medbench.run import evaluate, train
+from medbench.rundir import read_predictions
 
 from conftest import make_npz
 
@@ -22,8 +23,9 @@ MEDMNIST_TASK = {"binary": "binary-class", "multiclass": "multi-class", "multila
                  "ordinal": "ordinal-regression"}
 
 
-def _read_predictions(path):
-    # exactly how medmnist's Evaluator.parse_and_evaluate reads a standard evaluation file
+def _official_file(record, split):
+    """The split's MedMNIST evaluator file, read exactly as medmnist's Evaluator.parse_and_evaluate reads it."""
+    (path,) = (record / "predictions" / "medmnist").glob(f"*_{split}_*.csv")
     return pd.read_csv(path, index_col=0, header=None).sort_index().values
 
 
@@ -40,7 +42,8 @@ def test_run_directory_holds_every_file(breast_run):
     names = {p.name for p in breast_run.iterdir()}
     assert {"config.yaml", "model.safetensors", "metrics.json", "history.csv", "predictions", "tb",
             "report.html"} <= names
-    assert {p.name for p in (breast_run / "predictions").iterdir()} == {"train.csv", "val.csv", "test.csv"}
+    assert {p.name for p in (breast_run / "predictions").iterdir()} == {"train.csv", "val.csv", "test.csv",
+                                                                         "medmnist"}
     assert list((breast_run / "tb").glob("events.out.tfevents.*"))
     assert not list(breast_run.rglob("*.tmp"))  # atomic writes leave nothing behind
     history = pd.read_csv(breast_run / "history.csv")
@@ -59,9 +62,11 @@ def test_run_directory_holds_every_file(breast_run):
 def test_predictions_are_medmnist_standard_and_agree_with_the_official_evaluator(breast_run, medmnist_dir):
     metrics = json.loads((breast_run / "metrics.json").read_text())
     for split, n in [("train", 546), ("val", 78), ("test", 156)]:
-        lines = (breast_run / "predictions" / f"{split}.csv").read_text().splitlines()
+        lines = (breast_run / "predictions" / "medmnist").glob(f"breastmnist_{split}_*@breast.csv")
+        lines = next(lines).read_text().splitlines()
         assert len(lines) == n and lines[0].startswith("0,") and len(lines[0].split(",")) == 3  # no header
-        scores = _read_predictions(breast_run / "predictions" / f"{split}.csv")
+        scores = _official_file(breast_run, split)
+        assert np.array_equal(scores, read_predictions(breast_run / "predictions" / f"{split}.csv"))
         assert np.allclose(scores.sum(1), 1)
         official = Evaluator("breastmnist", split, root=str(medmnist_dir)).evaluate(scores)
         assert official.AUC == pytest.approx(metrics[split]["auc"], abs=1e-12)
@@ -71,20 +76,20 @@ def test_predictions_are_medmnist_standard_and_agree_with_the_official_evaluator
 @pytest.mark.slow
 def test_evaluate_reproduces_metrics_json(breast_run, capsys):
     before = json.loads((breast_run / "metrics.json").read_text())
-    preds_before = (breast_run / "predictions" / "test.csv").read_text()
     assert main(["evaluate", str(breast_run), "--quiet", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    after = json.loads((breast_run / "metrics.json").read_text())
-    assert printed == after
+    record = breast_run / "evaluations" / "plain"
+    after = json.loads((record / "metrics.json").read_text())
+    assert printed == after and json.loads((breast_run / "metrics.json").read_text()) == before
     for split in ("train", "val", "test"):
         for key in ("acc", "auc", "loss"):
             assert after[split][key] == pytest.approx(before[split][key], abs=1e-6)
-    np.testing.assert_allclose(np.loadtxt(breast_run / "predictions" / "test.csv", delimiter=","),
-                               np.loadtxt(preds_before.splitlines(), delimiter=","), atol=1e-6)
-    # one split only: the others are kept
+    np.testing.assert_allclose(read_predictions(record / "predictions" / "test.csv"),
+                               read_predictions(breast_run / "predictions" / "test.csv"), atol=1e-6)
+    # one split only: a record of that split alone
     assert main(["evaluate", str(breast_run), "--split", "val", "--quiet"]) == 0
-    assert set(json.loads((breast_run / "metrics.json").read_text())) == {"train", "val", "test", "gap", "threshold",
-                                                                          "evaluation"}
+    assert set(json.loads((breast_run / "evaluations" / "val-plain" / "metrics.json").read_text())) == \
+        {"val", "threshold", "evaluation"}
 
 
 @pytest.mark.slow
@@ -105,7 +110,7 @@ def test_saved_config_reproduces_the_run_settings(breast_run, tmp_path):
 def test_ordinal_rgb_retinamnist_with_corn(tmp_path):
     out = train({"dataset": "retinamnist", "epochs": 1, "ordinal_loss": "corn", "batch_size": 64}, tmp_path / "r",
                 quiet=True)
-    scores = _read_predictions(out / "predictions" / "test.csv")
+    scores = read_predictions(out / "predictions" / "test.csv")
     assert scores.shape == (400, 5) and (scores >= 0).all() and np.allclose(scores.sum(1), 1)
     metrics = json.loads((out / "metrics.json").read_text())
     labels = np.load(medbench.load_dataset("retinamnist").source)["test_labels"]
@@ -125,7 +130,7 @@ def test_generated_tasks_train_and_match_the_official_metrics(tmp_path, name, kw
                 quiet=True)
     metrics = json.loads((out / "metrics.json").read_text())
     y = ds["test"].labels.numpy()
-    scores = _read_predictions(out / "predictions" / "test.csv")
+    scores = read_predictions(out / "predictions" / "test.csv")
     assert scores.shape == (30, kwargs["num_classes"])
     assert metrics["test"]["auc"] == pytest.approx(getAUC(y, scores, MEDMNIST_TASK[ds.task]), abs=1e-12)
     assert metrics["test"]["acc"] == pytest.approx(getACC(y, scores, MEDMNIST_TASK[ds.task]), abs=1e-12)
@@ -173,8 +178,7 @@ def test_pneumoniamnist_run_agrees_with_the_official_evaluator(tmp_path, medmnis
                 quiet=True, report=False)
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("train", "val", "test"):
-        official = Evaluator("pneumoniamnist", split, root=str(medmnist_dir)).evaluate(
-            _read_predictions(out / "predictions" / f"{split}.csv"))
+        official = Evaluator("pneumoniamnist", split, root=str(medmnist_dir)).evaluate(_official_file(out, split))
         assert official.AUC == pytest.approx(metrics[split]["auc"], abs=1e-12)
         assert official.ACC == pytest.approx(metrics[split]["acc"], abs=1e-12)
     assert metrics["test"]["auc"] > 0.85
@@ -253,7 +257,7 @@ def test_deep_ensemble_averages_its_members_everywhere(tmp_path, medmnist_dir):
     assert all(load_config(m / "config.yaml").members == 1 for m in members)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluation"]["members"] == [f"members/{i:02d}/model.safetensors" for i in range(3)]
-    probs = np.mean([_read_predictions(m / "predictions" / "test.csv") for m in members], axis=0)
+    probs = np.mean([read_predictions(m / "predictions" / "test.csv") for m in members], axis=0)
     npz = np.load(medmnist_dir / "breastmnist.npz")
     labels = npz["test_labels"]
     assert metrics["test"]["auc"] == pytest.approx(medmnist_auc(labels, probs, "binary"), abs=1e-12)
@@ -263,7 +267,7 @@ def test_deep_ensemble_averages_its_members_everywhere(tmp_path, medmnist_dir):
     assert len(predictor.models) == 3
     images = torch.from_numpy(npz["test_images"][:, None])
     got = predictor.probabilities(images)
-    assert np.allclose(got, _read_predictions(out / "predictions" / "test.csv"), atol=1e-6)
+    assert np.allclose(got, read_predictions(out / "predictions" / "test.csv"), atol=1e-6)
     with torch.no_grad():
         assert np.allclose(deployable(predictor)(images).numpy(), got, atol=1e-5)
     # resume after a kill during member 3: members 1 and 2 are kept as they are

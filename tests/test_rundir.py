@@ -155,8 +155,10 @@ def test_evaluating_an_unfinished_run_says_so(killed_run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--quiet"]) == 0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"medbench: warning: {run} is an unfinished run (stopped after epoch 1 of 3)")
+    assert f"recorded as 'unfinished' in {run / 'evaluations' / 'plain' / 'metrics.json'}" in line
     assert line.endswith(f"finish it with medbench train --resume {run}")
-    assert json.loads((run / "metrics.json").read_text())["unfinished"] == "stopped after epoch 1 of 3"
+    recorded = json.loads((run / "evaluations" / "plain" / "metrics.json").read_text())
+    assert recorded["unfinished"] == "stopped after epoch 1 of 3" and not (run / "metrics.json").exists()
     assert main(["train", "--resume", str(run), "--quiet", "--no-report"]) == 0
     done = json.loads((run / "metrics.json").read_text())
     assert "unfinished" not in done and not (run / RESUME).exists()

@@ -24,7 +24,7 @@ from medbench.rundir import (
     METRICS,
     predictions_path,
     read_metrics,
-    read_predictions,
+    read_prediction_table,
     read_provenance,
 )
 
@@ -39,8 +39,15 @@ CONFIG_SHOWN = ("model", "pretrained", "truncate", "size", "as_rgb", "fit", "rec
                 "precision")
 
 
-def _test_cis(run_dir: Path, task: str, labels) -> dict:
-    scores = read_predictions(predictions_path(run_dir, "test"))
+def _test_cis(run_dir: Path, task: str, labels, cfg, data_dir) -> dict:
+    """CIs from the test predictions; their true labels come from the file (older files lack them: then from
+    ``labels``, or the run's dataset)."""
+    table = read_prediction_table(predictions_path(run_dir, "test"))
+    scores = table.scores
+    if table.labels is not None:
+        labels = table.labels
+    elif labels is None:
+        labels = build_dataset(cfg, data_dir)["test"].labels.numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an undefined resample is reported by the CI itself (None)
         return bootstrap_metrics(np.asarray(labels), scores, task, replicates=CARD_REPLICATES, seed=0,
@@ -48,8 +55,8 @@ def _test_cis(run_dir: Path, task: str, labels) -> dict:
 
 
 def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -> dict:
-    """The card as a dict. ``test_labels``: the test split's labels (to bootstrap CIs the run lacks); when not
-    given and needed, the run's dataset is loaded."""
+    """The card as a dict. ``test_labels``: the test split's labels (to bootstrap CIs the run lacks) when its
+    predictions file does not hold them (older runs); when not given and needed, the run's dataset is loaded."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file() or not (run_dir / METRICS).is_file():
         raise MedbenchError(f"{run_dir} is not a finished run ({CONFIG} or {METRICS} missing)")
@@ -61,9 +68,7 @@ def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -
     cis = {k: test[k] for k in ("acc_ci", "auc_ci") if test.get(k) is not None}
     ci_source = "the run's bootstrap" if cis else None
     if not cis and test and predictions_path(run_dir, "test").is_file():
-        if test_labels is None:
-            test_labels = build_dataset(cfg, data_dir)["test"].labels.numpy()
-        cis = _test_cis(run_dir, spec.task, test_labels)
+        cis = _test_cis(run_dir, spec.task, test_labels, cfg, data_dir)
         ci_source = f"{CARD_REPLICATES} bootstrap resamples of the test predictions (seed 0)"
     splits = {}
     for s in ("train", "val", "test"):

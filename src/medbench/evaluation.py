@@ -1,8 +1,17 @@
-"""Evaluate a run: reload its weights, score every split, write metrics.json and predictions/ (the record of
-record; ``medbench evaluate`` re-runs it with other settings)."""
+"""Evaluate a run: reload its weights, score every split, and record metrics.json and predictions/.
+
+Training's own evaluation (:func:`evaluate_locked`) writes the run's record (``RUN/metrics.json``,
+``RUN/predictions/``); a later :func:`evaluate` (``medbench evaluate``) writes ``RUN/evaluations/NAME/`` with its
+settings and never rewrites what training recorded.
+
+Where the issue-21 features plug in: :func:`_score` (scores of every split, before any record: calibration),
+:func:`_split_record` (one split's record: the positive class, subgroups) and :func:`_summary` (the record's
+top-level entries: selection warnings).
+"""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,26 +20,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medbench import baselines, distributed
+from medbench import __version__, baselines, distributed
 from medbench.build import build_preprocess, build_task, dataset_or_build, load_run_model
 from medbench.config import RunConfig, load_config
-from medbench.data import SPLITS, ImageDataset
+from medbench.config.sources import parse_dataset
+from medbench.data import SPLITS, ImageDataset, item_ids
 from medbench.engine import predict_logits, resolve_device
 from medbench.errors import MedbenchError
 from medbench.metrics import bootstrap_metrics, compute_metrics, youden_threshold
 from medbench.rundir import (
     CONFIG,
     METRICS,
+    PREDICTIONS,
+    check_name,
+    derived_name,
+    free_name,
     locked,
     model_weights,
     predictions_path,
-    read_metrics,
+    publish,
     recorded_md5,
     require_run_dir,
+    staging_dir,
     unfinished,
+    write_medmnist_export,
     write_metrics,
-    write_predictions,
+    write_prediction_table,
+    write_settings,
 )
+from medbench.tasks import decide as decide_labels
 
 # metrics also reported at the validation-chosen (Youden) threshold of binary tasks
 YOUDEN_KEYS = ("threshold", "acc", "balanced_acc", "sensitivity", "specificity", "precision_macro", "recall_macro",
@@ -54,36 +72,91 @@ class Settings:
         return s
 
 
+class Evaluation(dict):
+    """What :func:`evaluate` returns: the metrics (the dict its metrics.json holds), plus ``name`` and ``path``
+    of the ``evaluations/NAME`` folder it wrote (None on the ranks of a distributed run that do not write)."""
+
+    def __init__(self, metrics: dict, name: str | None, path: Path | None):
+        super().__init__(metrics)
+        self.name, self.path = name, path
+
+
+@dataclass
+class Scored:
+    """One evaluation, computed: nothing written yet."""
+    cfg: RunConfig
+    ds: ImageDataset
+    task: object
+    splits: list[str]
+    scores: dict  # split -> [N, C] float64
+    decided: dict  # split -> decided labels (the headline decision)
+    decide: float  # its threshold
+    metrics: dict
+    dist: object
+
+
 def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
              dataset: ImageDataset | None = None, ensemble: int | None = None, tta: bool | None = None,
-             bootstrap: int | None = None, seed: int = 0, estimator=None) -> dict:
-    """Reload a run's best weights, recompute metrics and predictions for ``splits`` and update metrics.json.
+             bootstrap: int | None = None, seed: int = 0, estimator=None, name: str | None = None) -> Evaluation:
+    """Reload a run's best weights, recompute metrics and predictions for ``splits`` (default: all) and write them
+    to ``RUN/evaluations/NAME/`` (metrics.json, predictions/, evaluation.json with the settings).
 
-    ``ensemble`` (K best kept checkpoints, probabilities averaged), ``tta`` (with horizontal flips) and
-    ``bootstrap`` (resamples for CIs, seeded by ``seed``) default to the run's config. Binary tasks also get
-    metrics at the Youden threshold chosen on validation (``at_youden``); train-minus-test gaps go to ``gap``.
+    ``name``: the folder's name (refused when taken); default derived from the settings (``plain``,
+    ``tta-bootstrap1000``, ``test-ensemble3``, ...; ``-2``, ``-3`` ... when taken). The training record
+    (RUN/metrics.json, RUN/predictions/) is never rewritten. ``ensemble`` (K best kept checkpoints, probabilities
+    averaged), ``tta`` (with horizontal flips) and ``bootstrap`` (resamples for CIs, seeded by ``seed``) default to
+    the run's config. Binary tasks also get metrics at the Youden threshold chosen on validation (``at_youden``);
+    train-minus-test gaps go to ``gap`` when both splits are evaluated.
     """
     run_dir = require_run_dir(run_dir, "evaluate")
+    if name is not None:
+        check_name(name)
     stopped = unfinished(run_dir)
-    with locked(run_dir, "medbench evaluate") if distributed.is_main_process() else contextlib.nullcontext():
-        metrics = evaluate_locked(run_dir, splits, data_dir=data_dir, quiet=quiet, dataset=dataset,
-                                  ensemble=ensemble, tta=tta, bootstrap=bootstrap, seed=seed, estimator=estimator,
-                                  unfinished_note=stopped)
-    if stopped and distributed.is_main_process():
+    main = distributed.is_main_process()
+    with locked(run_dir, "medbench evaluate") if main else contextlib.nullcontext():
+        cfg = load_config(run_dir / CONFIG)
+        settings = Settings.of(cfg, ensemble, tta, bootstrap, seed)
+        splits = _check_request(cfg, run_dir, settings, list(splits or SPLITS))
+        folder = None
+        if main:  # a given name that is taken is refused before any work
+            folder = free_name(run_dir, name or derived_name(splits, SPLITS, _members(run_dir, cfg, settings),
+                                                              settings.tta, settings.bootstrap, settings.seed),
+                               given=name is not None)
+        scored = _score(run_dir, cfg, settings, splits, data_dir=data_dir, quiet=quiet, dataset=dataset,
+                        estimator=estimator, unfinished_note=stopped)
+        where = _publish(run_dir, folder, scored, settings) if scored.dist.is_main else None
+        scored.dist.barrier()
+    if stopped and main:
         warnings.warn(f"{run_dir} is an unfinished run ({stopped}): these are the metrics of its best epoch so far, "
-                      f"recorded as 'unfinished' in {METRICS}; finish it with medbench train --resume {run_dir}",
-                      stacklevel=2)
-    return metrics
+                      f"recorded as 'unfinished' in {where / METRICS}; finish it with medbench train --resume "
+                      f"{run_dir}", stacklevel=2)
+    return Evaluation(scored.metrics, folder, where)
 
 
 def evaluate_locked(run_dir: Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
                     dataset: ImageDataset | None = None, ensemble: int | None = None, tta: bool | None = None,
                     bootstrap: int | None = None, seed: int = 0, estimator=None,
                     unfinished_note: str | None = None) -> dict:
-    """``evaluate`` once the run directory is checked and locked (training calls it under its own lock)."""
+    """Training's own evaluation, under its lock: the run's record (RUN/metrics.json, RUN/predictions/)."""
     cfg = load_config(run_dir / CONFIG)
     settings = Settings.of(cfg, ensemble, tta, bootstrap, seed)
     splits = _check_request(cfg, run_dir, settings, list(splits or SPLITS))
+    scored = _score(run_dir, cfg, settings, splits, data_dir=data_dir, quiet=quiet, dataset=dataset,
+                    estimator=estimator, unfinished_note=unfinished_note)
+    if scored.dist.is_main:  # written once everything is computed: a failure above leaves the old files together
+        _write_record(run_dir, scored, run_dir.name)
+    scored.dist.barrier()
+    return scored.metrics
+
+
+def _members(run_dir: Path, cfg: RunConfig, settings: Settings) -> int:
+    """How many networks' probabilities are averaged (1 for a classical model)."""
+    return 1 if baselines.is_baseline(cfg.model) else len(model_weights(run_dir, cfg, settings.ensemble))
+
+
+def _score(run_dir: Path, cfg: RunConfig, settings: Settings, splits: list[str], *, data_dir, quiet: bool,
+           dataset: ImageDataset | None, estimator, unfinished_note: str | None) -> Scored:
+    """Score every split needed and build the metrics record (nothing written)."""
     members = model_weights(run_dir, cfg, settings.ensemble)
     ds = dataset_or_build(cfg, dataset, data_dir, quiet)
     recorded = recorded_md5(run_dir)
@@ -103,19 +176,48 @@ def evaluate_locked(run_dir: Path, splits: Iterable[str] | None = None, *, data_
     decide = threshold if cfg.decision == "youden" and threshold is not None else 0.5
     setting = {"ensemble": max(len(members), 1), "tta": settings.tta, "bootstrap": settings.bootstrap,
                **({"members": [str(p.relative_to(run_dir)) for p in members]} if len(members) > 1 else {})}
-    old = read_metrics(run_dir, missing_ok=True)
-    metrics = {s: old[s] for s in SPLITS if s in old}
+    metrics = {}
     for s in splits:
         metrics[s] = _split_record(task, ds, s, labels[s], scores[s], single_logits.get(s), decide, threshold,
                                    settings)
         metrics[s]["evaluation"] = setting
     metrics.update(_summary(metrics, binary, threshold, decide, setting, unfinished_note))
-    if dist.is_main:  # written once everything is computed: a failure above leaves the old files together
-        for s in splits:
-            write_predictions(predictions_path(run_dir, s), scores[s])
-        write_metrics(run_dir, metrics)
-    dist.barrier()
-    return metrics
+    decided = {s: np.asarray(decide_labels(scores[s], task.name, decide)) for s in splits}
+    return Scored(cfg, ds, task, splits, {s: scores[s] for s in splits}, decided, decide, metrics, dist)
+
+
+def _write_record(out: Path, scored: Scored, run_tag: str) -> None:
+    """predictions/SPLIT.csv (and the MedMNIST evaluator's file) per split, then metrics.json."""
+    ds, task = scored.ds, scored.task
+    medmnist = parse_dataset(scored.cfg.dataset)[0] == "medmnist"
+    for s in scored.splits:
+        write_prediction_table(predictions_path(out, s), item_ids(ds, s), ds[s].labels.numpy(), scored.decided[s],
+                               scored.scores[s], ds.class_names, multilabel=task.name == "multilabel")
+        if medmnist:
+            auc, acc = _medmnist_figures(scored.metrics[s], ds[s].labels.numpy(), scored.scores[s], task.name,
+                                         scored.decide)
+            write_medmnist_export(out / PREDICTIONS, scored.cfg.dataset, ds.size, s, scored.scores[s], auc, acc,
+                                  run_tag)
+    write_metrics(out, scored.metrics)
+
+
+def _medmnist_figures(rec: dict, labels: np.ndarray, scores: np.ndarray, task: str, decide: float) -> tuple:
+    """AUC and ACC as MedMNIST defines them (ACC at 0.5): the figures its file name carries."""
+    acc = rec["acc"] if decide == 0.5 else compute_metrics(labels, scores, task, threshold=0.5)["acc"]
+    return rec["auc"], acc
+
+
+def _publish(run_dir: Path, name: str, scored: Scored, settings: Settings) -> Path:
+    """Write evaluation ``name`` beside its place, then move it in whole."""
+    staging = staging_dir(run_dir, name)
+    try:
+        _write_record(staging, scored, f"{run_dir.name}-{name}")
+        write_settings(staging, name, scored.splits, scored.metrics["evaluation"], settings.seed, scored.ds.md5,
+                       __version__)
+        return publish(staging, run_dir, name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _check_request(cfg: RunConfig, run_dir: Path, settings: Settings, splits: list[str]) -> list[str]:
@@ -140,10 +242,21 @@ def _network_scores(run_dir: Path, cfg: RunConfig, ds: ImageDataset, task, devic
                     needed: list[str], tta: bool) -> tuple[dict, dict]:
     """Mean probabilities over networks (and flipped views) per split; the logits too when one network and one
     view make them (for the task's own loss). One network in memory at a time."""
-    prep = build_preprocess(cfg, ds)
-    views = 2 if tta else 1
+    prep, views = build_preprocess(cfg, ds), 2 if tta else 1
+    probs: dict[str, torch.Tensor] = {}
+    single_logits: dict[str, torch.Tensor] = {}
     with fixed_conv_algorithms():
-        return _mean_probabilities(run_dir, cfg, ds, task, device, dist, members, needed, prep, views)
+        for path in members:
+            model = load_run_model(run_dir, cfg, ds, task, device, weights=path)
+            for s in needed:
+                for flip in range(views):
+                    logits = predict_logits(model, ds[s], prep, cfg.eval_batch_size, dist=dist, flip=bool(flip))
+                    p = task.scores(logits).double()
+                    probs[s] = p if s not in probs else probs[s] + p
+                    if len(members) == 1 and views == 1:
+                        single_logits[s] = logits
+            del model
+    return {s: (p / (len(members) * views)).numpy() for s, p in probs.items()}, single_logits
 
 
 @contextlib.contextmanager
@@ -156,23 +269,6 @@ def fixed_conv_algorithms():
         yield
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
-
-
-def _mean_probabilities(run_dir: Path, cfg: RunConfig, ds: ImageDataset, task, device, dist, members: list[Path],
-                        needed: list[str], prep, views: int) -> tuple[dict, dict]:
-    probs: dict[str, torch.Tensor] = {}
-    single_logits: dict[str, torch.Tensor] = {}
-    for path in members:
-        model = load_run_model(run_dir, cfg, ds, task, device, weights=path)
-        for s in needed:
-            for flip in range(views):
-                logits = predict_logits(model, ds[s], prep, cfg.eval_batch_size, dist=dist, flip=bool(flip))
-                p = task.scores(logits).double()
-                probs[s] = p if s not in probs else probs[s] + p
-                if len(members) == 1 and views == 1:
-                    single_logits[s] = logits
-        del model
-    return {s: (p / (len(members) * views)).numpy() for s, p in probs.items()}, single_logits
 
 
 def _split_record(task, ds: ImageDataset, split: str, labels: np.ndarray, scores: np.ndarray, logits, decide: float,

@@ -10,6 +10,7 @@ from pathlib import Path
 from medbench.cli.checks import check_run_dir
 from medbench.cli.types import SEED, device, float_in, int_in
 from medbench.config import BOOTSTRAP_LIMIT
+from medbench.errors import MedbenchError
 from medbench.rundir import CARD_JSON, CARD_MD
 
 
@@ -27,11 +28,15 @@ def add_compare(sub, common) -> None:
 
 def add_report(sub, common) -> None:
     p = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html, or a study's report",
-                       description="medbench report RUN_DIR | medbench report STUDY_DIR [--db URL]")
+                       description="medbench report RUN_DIR [--evaluation NAME] | medbench report STUDY_DIR "
+                                   "[--db URL]")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR|STUDY_DIR")
     p.add_argument("--db", help="study: results database URL (default sqlite:///STUDY_DIR/study.db)")
     p.add_argument("--bootstrap", type=int_in(0, BOOTSTRAP_LIMIT), default=1000, metavar="B",
                    help="study: resamples for CIs (default 1000)")
+    p.add_argument("--evaluation", metavar="NAME", help="run: show RUN_DIR/evaluations/NAME (a later `medbench "
+                                                        "evaluate`) instead of the training record; written to "
+                                                        "RUN_DIR/evaluations/NAME/report.html")
 
 
 def add_predict(sub, common) -> None:
@@ -98,14 +103,17 @@ def cmd_report(args) -> None:
     if args.db or (args.run_dir / DB_NAME).is_file():
         from medbench.study import write_study_report
 
+        if args.evaluation:
+            raise MedbenchError(f"--evaluation is for a run directory; {args.run_dir} is a study")
         paths = write_study_report(args.run_dir, db_url=args.db, data_dir=args.data_dir, replicates=args.bootstrap)
         print(f"wrote {paths['html']}, {paths['markdown']} and {paths['summary']}")
         return
     from medbench.report import write_run_report
 
     check_run_dir(args.run_dir)
-    path = write_run_report(args.run_dir, data_dir=args.data_dir, quiet=True)
-    print(f"wrote {path}")
+    path = write_run_report(args.run_dir, data_dir=args.data_dir, quiet=True, evaluation=args.evaluation)
+    shown = f"evaluation {args.evaluation}" if args.evaluation else "the training record"
+    print(f"wrote {path} (showing {shown})")
 
 
 def cmd_predict(args) -> None:

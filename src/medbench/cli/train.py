@@ -1,10 +1,12 @@
-"""`medbench train` and `medbench evaluate`: one run, trained into a run directory, and its metrics recomputed.
+"""`medbench train` and `medbench evaluate`: one run, trained into a run directory, and its metrics recomputed
+(into RUN_DIR/evaluations/NAME: the training record stays as training wrote it).
 
 The training pipeline is imported when a command runs (it loads torch), not when the parser is built.
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from medbench.cli.checks import check_run_dir
@@ -36,7 +38,8 @@ def add_train(sub, common) -> None:
 
 
 def add_evaluate(sub, common) -> None:
-    p = sub.add_parser("evaluate", parents=[common], help="recompute a run's metrics from its saved weights")
+    p = sub.add_parser("evaluate", parents=[common], help="recompute a run's metrics from its saved weights into "
+                       "RUN_DIR/evaluations/NAME")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--split", action="append", choices=list(SPLITS), help="split(s) to evaluate (default: all)")
     p.add_argument("--bootstrap", type=int_in(0, BOOTSTRAP_LIMIT), nargs="?", const=1000, metavar="B",
@@ -44,7 +47,9 @@ def add_evaluate(sub, common) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--ensemble", type=int_in(1, 1000), metavar="K", help="average the K best kept checkpoints")
     p.add_argument("--tta", action="store_true", default=None, help="average with horizontally flipped views")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--name", help="folder of this evaluation: RUN_DIR/evaluations/NAME (default: from the settings, "
+                                   "e.g. plain, tta-bootstrap1000); an existing one is never overwritten")
+    p.add_argument("--json", action="store_true", help="print the metrics of the evaluated split(s) as JSON")
 
 
 def train_settings(args) -> dict:
@@ -110,8 +115,8 @@ def _print_metrics(args, metrics: dict) -> None:
         print("gap    train - test: acc " + ("n/a" if gap["acc"] is None else f"{gap['acc']:+.4f}")
               + "  auc " + ("n/a" if gap["auc"] is None else f"{gap['auc']:+.4f}"))
     ev = metrics["evaluation"]
-    print(f"updated {args.run_dir / METRICS} (ensemble {ev['ensemble']}, tta {'on' if ev['tta'] else 'off'}, "
-          f"bootstrap {ev['bootstrap'] or 'off'})")
+    print(f"wrote {metrics.path} (ensemble {ev['ensemble']}, tta {'on' if ev['tta'] else 'off'}, "
+          f"bootstrap {ev['bootstrap'] or 'off'}); the training record {args.run_dir / METRICS} is unchanged")
 
 
 def cmd_evaluate(args) -> None:
@@ -120,10 +125,11 @@ def cmd_evaluate(args) -> None:
 
     check_run_dir(args.run_dir)
     metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet, ensemble=args.ensemble,
-                       tta=args.tta, bootstrap=args.bootstrap, seed=args.seed)
+                       tta=args.tta, bootstrap=args.bootstrap, seed=args.seed, name=args.name)
     if not is_main_process():
         return
-    if args.json:
+    if args.json:  # stdout holds the JSON alone; where it went goes to stderr
         print(json.dumps(metrics, indent=2))
+        print(f"wrote {metrics.path}", file=sys.stderr)
     else:
         _print_metrics(args, metrics)

@@ -87,14 +87,29 @@ def _errors(inputs: RunInputs, found: Findings) -> Section:
         return ("errors", "Most confident errors (test)", "<p>No errors on the test split.</p>")
     imgs = [inputs.test.images[i].cpu().numpy() for i, *_ in errors]
     multilabel = inputs.task.name == "multilabel"
+    items = inputs.items
     if multilabel:
-        titles = [f"#{i} {short(names, lab)}\ntrue {1 - pr} · pred {pr}\np={p:.3f}" for i, lab, pr, p in errors]
+        titles = [f"{item_label(items, i)} {short(names, lab)}\ntrue {1 - pr} · pred {pr}\np={p:.3f}"
+                  for i, lab, pr, p in errors]
     else:
-        titles = [f"#{i} true: {short(names, t)}\npred: {short(names, pr)}\np={p:.3f}" for i, t, pr, p in errors]
+        titles = [f"{item_label(items, i)} true: {short(names, t)}\npred: {short(names, pr)}\np={p:.3f}"
+                  for i, t, pr, p in errors]
     fig = F.image_grid_figure(imgs, titles, cols=4, panel=1.9)
     wrong = "decision" if multilabel else "class"
     caption = f"The {len(errors)} most confident errors on test (probability of the wrong {wrong})"
-    return ("errors", "Most confident errors (test)", png_img(fig, "errors", caption))
+    # the full names, in the order of the panels: what an auditor looks up
+    listed = table(["#", "image", "p"], [[str(k + 1), f'<td data-item="{escape(items[i])}">{escape(items[i])}</td>',
+                                          f"{p:.3f}"] for k, (i, *_, p) in enumerate(errors)], "error-items")
+    return ("errors", "Most confident errors (test)", png_img(fig, "errors", caption) + listed)
+
+
+def item_label(items: Sequence[str], i: int, limit: int = 18) -> str:
+    """How a panel names test image ``i``: ``#index`` for MedMNIST, else its file name (the end of its path)."""
+    item = items[i] if 0 <= i < len(items) else str(i)
+    if item.isdigit():
+        return f"#{item}"
+    name = item.rsplit("/", 1)[-1]
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 
 # ---- Grad-CAM ----
@@ -120,12 +135,12 @@ def _gradcam(inputs: RunInputs) -> str:
     pred = decide(scores, task.name, decision_threshold(inputs.metrics, task.name))
     if task.name == "multilabel":
         targets = scores.argmax(1)
-        titles = [f"#{i} CAM: {short(names, t)}\ntrue: {_label_set(y[i], names)}\npred: "
+        titles = [f"{item_label(inputs.items, i)} CAM: {short(names, t)}\ntrue: {_label_set(y[i], names)}\npred: "
                   f"{_label_set(pred[j], names)}" for j, (i, t) in enumerate(zip(idx, targets))]
     else:
         targets = pred
-        titles = [f"#{i} true: {short(names, int(y[i, 0]))}\npred: {short(names, int(pred[j]))} "
-                  f"({scores[j, pred[j]]:.2f})" for j, i in enumerate(idx)]
+        titles = [f"{item_label(inputs.items, i)} true: {short(names, int(y[i, 0]))}\npred: "
+                  f"{short(names, int(pred[j]))} ({scores[j, pred[j]]:.2f})" for j, i in enumerate(idx)]
     output_fn = None
     if task.num_outputs != task.num_classes:  # e.g. CORN: outputs are thresholds; explain log P(class)
         output_fn = lambda logits: task.scores(logits).clamp_min(1e-12).log()  # noqa: E731

@@ -22,26 +22,28 @@ from medbench.report.html import CSS, escape, nav, note, page, png_img, section,
 from medbench.report.inputs import RunInputs, read_run_inputs
 from medbench.report.subgroups import subgroup_sections
 from medbench.report.summary import curves_section, metric_sections, page_meta, setup_sections
-from medbench.rundir import REPORT, locked, require_run_dir
+from medbench.rundir import REPORT, evaluation_dir, locked, require_run_dir
 
 # study/report.py still imports CSS and these old private names from here: drop them once it imports
 # medbench.report.html
 _e, _note, _png_img, _table = escape, note, png_img, table
 
 
-def write_run_report(run_dir, *, data_dir=None, dataset: ImageDataset | None = None, quiet: bool = True) -> Path:
+def write_run_report(run_dir, *, data_dir=None, dataset: ImageDataset | None = None, quiet: bool = True,
+                     evaluation: str | None = None) -> Path:
     """Write ``RUN_DIR/report.html`` (atomically) and return its path.
 
     ``dataset``: an already loaded :class:`~medbench.data.ImageDataset`; otherwise the run's dataset is
-    loaded from ``data_dir`` (or the default data root) as ``medbench evaluate`` does.
+    loaded from ``data_dir`` (or the default data root) as ``medbench evaluate`` does. ``evaluation``: show
+    ``evaluations/NAME`` instead of the training record, in ``RUN_DIR/evaluations/NAME/report.html``.
     """
     run_dir = require_run_dir(run_dir, "report")
     with locked(run_dir, "medbench report"):
-        inputs = read_run_inputs(run_dir, data_dir=data_dir, dataset=dataset, quiet=quiet)
+        inputs = read_run_inputs(run_dir, data_dir=data_dir, dataset=dataset, quiet=quiet, evaluation=evaluation)
         sections = (metric_sections(inputs.metrics) + subgroup_sections(inputs.metrics)
                     + [curves_section(inputs.history)] + heldout_sections(inputs)
                     + [gradcam_section(inputs)] + setup_sections(inputs))
-        out = run_dir / REPORT
+        out = (evaluation_dir(run_dir, evaluation) if evaluation else run_dir) / REPORT
         write_text(out, render_page(inputs, sections))
     if not quiet:
         console.print(f"wrote {out}")
@@ -50,6 +52,7 @@ def write_run_report(run_dir, *, data_dir=None, dataset: ImageDataset | None = N
 
 def render_page(inputs: RunInputs, sections: list[Section]) -> str:
     """The whole document: title, meta line, page-level notes, links to the sections, the sections."""
-    body = (page_meta(inputs) + "".join(note(n) for n in inputs.notes) + nav([(sid, h) for sid, h, _ in sections])
-            + "".join(section(sid, h, b) for sid, h, b in sections))
+    shown = f'<p class="meta" id="shown-record">{escape(inputs.shown)}</p>' if inputs.shown else ""
+    body = (page_meta(inputs) + shown + "".join(note(n) for n in inputs.notes)
+            + nav([(sid, h) for sid, h, _ in sections]) + "".join(section(sid, h, b) for sid, h, b in sections))
     return page(f"Run report: {inputs.ds.name} · {inputs.cfg.model}", body)

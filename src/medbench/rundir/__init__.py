@@ -10,6 +10,7 @@ from medbench.rundir.evaluations import (
                                     publish,
                                     read_evaluation,
                                     staging_dir,
+                                    write_settings,
 )
 from medbench.rundir.layout import (
                                     CALIBRATION,
@@ -71,4 +72,5 @@ __all__ = ["LOCK", "claim", "claim_new", "locked", "CALIBRATION", "CARD_JSON", "
            "read_evaluation", "staging_dir", "PredictionTable", "medmnist_file_name", "read_prediction_table",
            "read_predictions", "safe_run_name", "write_medmnist_export", "write_prediction_table",
            "write_predictions", "DataSpec", "data_spec", "kept_checkpoints", "model_weights", "read_data_spec",
-           "read_metrics", "read_provenance", "recorded_md5", "unfinished", "write_data_spec", "write_metrics"]
+           "read_metrics", "read_provenance", "recorded_md5", "unfinished", "write_data_spec", "write_metrics",
+           "write_settings"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 from medbench.errors import MedbenchError
-from medbench.fileio import read_json
+from medbench.fileio import read_json, write_json
 from medbench.rundir.layout import EVALUATION_JSON, EVALUATIONS, evaluation_dir
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -17,14 +18,14 @@ PARTIAL = ".partial"  # an evaluation being written: evaluations/.NAME.partial/
 
 def derived_name(splits: list[str], all_splits: tuple[str, ...], ensemble: int, tta: bool, bootstrap: int,
                  seed: int, extra: tuple[str, ...] = ()) -> str:
-    """A name saying how the evaluation differs from a plain one: ``test-tta-bootstrap1000``, ``ensemble3``,
-    ``plain``. ``extra``: more parts (e.g. a corruption preset)."""
-    parts = [] if list(splits) == list(all_splits) else ["-".join(splits)]
-    parts += [f"ensemble{ensemble}"] if ensemble > 1 else []
+    """A name saying what the evaluation scored and how: ``plain``, ``ensemble3``, ``test-tta-bootstrap1000``,
+    ``test-plain``. ``extra``: more parts (e.g. a corruption preset)."""
+    parts = [f"ensemble{ensemble}"] if ensemble > 1 else []
     parts += ["tta"] if tta else []
     parts += [f"bootstrap{bootstrap}" + (f"-seed{seed}" if seed else "")] if bootstrap else []
     parts += list(extra)
-    return "-".join(parts) or "plain"
+    which = [] if list(splits) == list(all_splits) else ["-".join(splits)]
+    return "-".join(which + (parts or ["plain"]))
 
 
 def check_name(name: str) -> str:
@@ -65,6 +66,14 @@ def publish(staging: Path, run_dir: str | os.PathLike, name: str) -> Path:
     final = evaluation_dir(run_dir, name)
     os.rename(staging, final)
     return final
+
+
+def write_settings(folder: Path, name: str, splits: list[str], setting: dict, seed: int, data_md5: str | None,
+                   version: str) -> None:
+    """evaluation.json: what the evaluation ran with (``setting``: ensemble, tta, bootstrap[, members])."""
+    write_json(folder / EVALUATION_JSON, {"name": name, "splits": list(splits), **setting, "seed": seed,
+                                          "data_md5": data_md5, "medbench_version": version,
+                                          "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def list_evaluations(run_dir: str | os.PathLike) -> list[str]:
