@@ -20,6 +20,7 @@ from medbench.progress import console
 from medbench.report.heldout import Section, gradcam_section, heldout_sections
 from medbench.report.html import CSS, escape, nav, note, page, png_img, section, table  # noqa: F401  (CSS: below)
 from medbench.report.inputs import RunInputs, read_run_inputs
+from medbench.report.robustness import robustness_sections
 from medbench.report.subgroups import subgroup_sections
 from medbench.report.summary import curves_section, metric_sections, page_meta, setup_sections
 from medbench.rundir import REPORT, evaluation_dir, locked, require_run_dir
@@ -42,6 +43,7 @@ def write_run_report(run_dir, *, data_dir=None, dataset: ImageDataset | None = N
         inputs = read_run_inputs(run_dir, data_dir=data_dir, dataset=dataset, quiet=quiet, evaluation=evaluation)
         sections = (metric_sections(inputs.metrics) + subgroup_sections(inputs.metrics)
                     + [curves_section(inputs.history)] + heldout_sections(inputs)
+                    + robustness_sections(run_dir)
                     + [gradcam_section(inputs)] + setup_sections(inputs))
         out = (evaluation_dir(run_dir, evaluation) if evaluation else run_dir) / REPORT
         write_text(out, render_page(inputs, sections))
