@@ -34,15 +34,11 @@ def _stats(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def _acc_at_half(run: Path) -> float:
     """Test ACC at MedMNIST's 0.5 threshold, from the saved predictions (for runs whose headline is Youden's)."""
-    import numpy as np
-
-    from medbench.build import build_dataset as dataset_for
-    from medbench.config import load_config
     from medbench.metrics import acc
+    from medbench.rundir import read_prediction_table
 
-    scores = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
-    labels = dataset_for(load_config(run / "config.yaml"))["test"].labels.numpy()
-    return acc(labels, scores, "binary")
+    table = read_prediction_table(run / "predictions" / "test.csv")  # the true labels are in the file
+    return acc(table.labels, table.scores, "binary")
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 
 from medbench.predict import Predictor
 from medbench.run import evaluate, train
-from medbench.rundir import predictions_path, read_metrics, read_provenance
+from medbench.rundir import predictions_path, read_metrics, read_predictions, read_provenance
 
 DATA = os.environ.get("MEDBENCH_DATA", "/tmp/data")
 RESULTS = Path(os.environ["OUT"]) / "gpu_check.json" if "OUT" in os.environ else \
@@ -47,9 +47,10 @@ def train_case(root: Path, name: str) -> dict:
 def evaluate_again(run: Path) -> dict:
     """A second evaluation must reproduce the recorded probabilities bit for bit."""
     recorded = read_metrics(run)["test"]["auc"]
-    before = np.loadtxt(predictions_path(run, "test"), delimiter=",")[:, 1:]
-    again = evaluate(run, ["test"], quiet=True, data_dir=DATA)["test"]["auc"]
-    after = np.loadtxt(predictions_path(run, "test"), delimiter=",")[:, 1:]
+    before = read_predictions(predictions_path(run, "test"))
+    result = evaluate(run, ["test"], quiet=True, data_dir=DATA)  # into evaluations/NAME: the record stays
+    again = result["test"]["auc"]
+    after = read_predictions(predictions_path(result.path, "test"))
     return {"same_auc": again == recorded, "auc_diff": again - recorded,
             "max_prob_diff": float(np.abs(after - before).max())}
 
@@ -72,7 +73,7 @@ def main(names: list[str]) -> dict:
         t0 = time.perf_counter()
         probs = predictor.probabilities(images)
         res["predict_img_per_s"] = round(len(images) / (time.perf_counter() - t0))
-        recorded = np.loadtxt(predictions_path(root / "bf16_memory", "test"), delimiter=",")[:, 1:]
+        recorded = read_predictions(predictions_path(root / "bf16_memory", "test"))
         res["predict_matches_eval"] = float(np.abs(probs - recorded).max())
     return res
 

@@ -24,6 +24,7 @@ from medbench.engine import describe_machine
 from medbench.export import export_run
 from medbench.predict import Predictor
 from medbench.run import evaluate, train
+from medbench.rundir import read_predictions
 
 
 def main() -> None:
@@ -34,9 +35,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = train({"dataset": f"folder:{args.folder}", "model": "cnn5", "epochs": args.epochs,
                      "precision": "bf16", "seed": 0}, Path(tmp) / "run", quiet=True, report=False)
-        recorded = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
-        evaluate(run, ["test"], quiet=True)
-        again = np.loadtxt(run / "predictions" / "test.csv", delimiter=",", ndmin=2)[:, 1:]
+        recorded = read_predictions(run / "predictions" / "test.csv")
+        again = read_predictions(evaluate(run, ["test"], quiet=True).path / "predictions" / "test.csv")
         images = dataset_for(load_config(run / "config.yaml"))["test"].images
         predictor = Predictor(run)
         paths = {"re-evaluation": again, "predict / serve (Predictor)": predictor.probabilities(images)}

@@ -217,17 +217,18 @@ def test_fallback_confusion_follows_the_runs_decision(run_dir, ds, tmp_path):
     text, swaps = re.subn(r"^decision: .*$", "decision: youden", config.read_text(), count=1, flags=re.M)
     assert swaps == 1
     config.write_text(text)
-    evaluate(run, dataset=ds, quiet=True)
-    metrics = json.loads((run / "metrics.json").read_text())
+    record = evaluate(run, dataset=ds, quiet=True).path  # evaluations/plain: the training record stays as it was
+    metrics = json.loads((record / "metrics.json").read_text())
     assert metrics["threshold"]["headline"] == metrics["threshold"]["youden"] != 0.5
     youden_cm = metrics["test"].pop("confusion_matrix")
     del metrics["test"]["per_class"]
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    (record / "metrics.json").write_text(json.dumps(metrics))
     labels = ds["test"].labels.numpy()
-    at_half = compute_metrics(labels, read_predictions(predictions_path(run, "test")), "binary")["confusion_matrix"]
+    at_half = compute_metrics(labels, read_predictions(predictions_path(record, "test")), "binary")["confusion_matrix"]
     assert at_half != youden_cm  # else this run could not tell the two rules apart
 
-    text = write_run_report(run, dataset=ds).read_text(encoding="utf-8")
+    text = write_run_report(run, dataset=ds, evaluation=record.name).read_text(encoding="utf-8")
+    assert f"Shows evaluation evaluations/{record.name}" in text
     shown = re.search(r'<p data-matrix="([^"]*)">[^<]*Source: computed from the test predictions', text)
     assert shown and json.loads(html.unescape(shown.group(1))) == youden_cm
     assert "Source: computed by medbench.metrics" in text
