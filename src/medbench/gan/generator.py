@@ -17,6 +17,8 @@ from medbench.fileio import atomic_path
 from medbench.gan.model import Generator
 
 GENERATOR, FORMAT = "generator.safetensors", "medbench-dcgan-1"
+QUALITY = "quality.json"  # beside the generator: the judge's per-class check (medbench.gan.quality)
+QUALITY_KEY = "medbench_quality"  # the npz member `gan sample` copies it into (JSON as uint8 bytes)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -81,12 +83,25 @@ def sample_to_npz(generator: str | Path, per_class: int, out: str | Path, *, see
     arr = arr[..., 0] if arr.shape[-1] == 1 else arr
     out = Path(out)
     buf = io.BytesIO()
-    np.savez_compressed(buf, train_images=arr, train_labels=labels.numpy().astype(np.uint8)[:, None])
+    # the generator's quality.json travels with its samples, so `train --synthetic FILE.npz` can check them
+    file = _resolve_generator_file(generator)
+    record = {"generator_sha256": file_sha256(file), "quality": _quality_for(file)}
+    np.savez_compressed(buf, train_images=arr, train_labels=labels.numpy().astype(np.uint8)[:, None],
+                        **{QUALITY_KEY: np.frombuffer(json.dumps(record).encode(), np.uint8)})
     with atomic_path(out) as tmp:
         tmp.write_bytes(buf.getvalue())
     return {"path": str(out), "n": len(labels), "classes": info["class_names"], "size": info["size"],
-            "channels": info["channels"]}
+            "channels": info["channels"], "quality": record["quality"] is not None}
 
+
+def _quality_for(file: Path) -> dict | None:
+    """quality.json beside the generator when it judged these very weights (its sha256 matches), else None."""
+    try:
+        quality = json.loads((file.parent / QUALITY).read_text())
+    except (OSError, ValueError):
+        return None
+    judged = quality.get("generator_sha256") if isinstance(quality, dict) else None
+    return quality if isinstance(quality, dict) and judged in (None, file_sha256(file)) else None
 
 
 def file_sha256(path: Path) -> str:
