@@ -80,8 +80,9 @@ def scalar_names(task: str) -> list[str]:
     return names
 
 
-def _scalars(task: str, st: dict) -> dict[str, np.ndarray]:
-    """Every scalar metric except ``auc`` from the sufficient statistics: {name: [B]}, NaN where undefined."""
+def _scalars(task: str, st: dict, positive: int = 1) -> dict[str, np.ndarray]:
+    """Every scalar metric except ``auc`` from the sufficient statistics: {name: [B]}, NaN where undefined.
+    ``positive`` (binary): the class whose recall is the sensitivity; the other one's is the specificity."""
     pc = _per_class(task, st)
     total = st["total"]
     k = pc["tp"].shape[0]
@@ -113,8 +114,8 @@ def _scalars(task: str, st: dict) -> dict[str, np.ndarray]:
         out["ece"] = _nandiv(np.abs(st["ece"]).sum(axis=0), items)
         out["log_loss"] = _nandiv(st["loss"], items)
         if task == "binary":
-            out["sensitivity"] = _nandiv(tp[1], true_sum[1])
-            out["specificity"] = _nandiv(tp[0], true_sum[0])
+            out["sensitivity"] = _nandiv(tp[positive], true_sum[positive])
+            out["specificity"] = _nandiv(tp[1 - positive], true_sum[1 - positive])
         if task == "ordinal":
             cm = st["cm"]
             i = np.arange(k, dtype=np.float64)
@@ -157,14 +158,24 @@ def _class_aucs(d: _Samples, y: np.ndarray, s: np.ndarray) -> list[float | None]
     return [None if not math.isfinite(a) else float(a) for a in raw]
 
 
-def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_names=None) -> dict:
+def check_positive(task: str, positive: int) -> int:
+    """``positive`` as a binary class index (0 or 1); other tasks have no positive class (``ValueError``)."""
+    if task != "binary":
+        raise ValueError(f"a positive class applies to binary tasks only, not {task}")
+    if isinstance(positive, bool) or int(positive) != positive or positive not in (0, 1):
+        raise ValueError(f"positive must be the index of a class (0 or 1), got {positive!r}")
+    return int(positive)
+
+
+def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_names=None,
+                    positive: int | None = None) -> dict:
     """The per-split metric record (``loss`` is added by the engine, which has the logits).
 
-    ``scores``: binary [N, 2] softmax (the positive class is the last column; [N] or [N, 1] is read as that
-    column), multi-class and ordinal [N, K] class probabilities, multi-label [N, L] sigmoid per label.
+    ``scores``: binary [N, 2] softmax (the decision reads the last column, P(class 1); [N] or [N, 1] is read as
+    that column), multi-class and ordinal [N, K] class probabilities, multi-label [N, L] sigmoid per label.
     ``y_true``: [N, 1] class indices, or [N, L] 0/1 for multi-label tasks.
 
-    Predictions: binary ``P(positive) > threshold``; multi-class and ordinal argmax; multi-label each label
+    Predictions: binary ``P(class 1) > threshold``; multi-class and ordinal argmax; multi-label each label
     ``> threshold``. Keys (plain floats/ints/lists/dicts; an undefined value is ``None`` with a warning):
 
     - ``acc``, ``auc``: MedMNIST's definitions (module docstring); ``acc`` applies ``threshold``. ``n``.
@@ -175,7 +186,7 @@ def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_
       single-label macro averages run over the classes present in ``y_true`` or in the predictions (its
       default ``labels``), multi-label ones over every label; ``f1_weighted`` weights by support.
     - ``per_class``: {class name, or ``str(index)`` without ``class_names``: {precision, recall, f1, support,
-      auc}}, one-vs-rest AUC (binary: class 0 is scored by 1 - P(positive)); multi-label: one entry per label.
+      auc}}, one-vs-rest AUC (binary: class 0 is scored by 1 - P(class 1)); multi-label: one entry per label.
     - ``confusion_matrix``: rows true class, columns predicted; multi-label: per label ``[[tn, fp], [fn, tp]]``.
     - ``ece``: expected calibration error over 15 equal-width confidence bins ``(b/15, (b+1)/15]``:
       ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|``, the confidence being the probability of the predicted class
@@ -187,7 +198,10 @@ def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_
     - multi-label labels of -1 (unknown: CheXpert's uncertain under ``--uncertain u-ignore``) are left out of
       every metric of their label (AUC, accuracy, counts, calibration, log loss); ``per_class[label]["n"]``
       is the number of known entries.
-    - binary: ``sensitivity`` (recall of class 1), ``specificity`` (recall of class 0), ``threshold``.
+    - binary: ``sensitivity`` (recall of the ``positive`` class, a class index; default 1, MedMNIST's last
+      column), ``specificity`` (recall of the other class), ``class_of`` (``{"sensitivity": positive class name,
+      "specificity": the other's}``) and ``threshold``. ``positive`` names which class is positive and nothing
+      else: the decision stays ``P(class 1) > threshold`` and ``acc``/``auc`` stay MedMNIST's.
     - multi-label: ``per_label_auc`` (list, ``None`` where undefined) and ``threshold``.
     - ordinal: ``kappa_quadratic`` (Cohen's kappa of the argmax with weights ``(i - j)^2`` on the class
       indices) and ``mae`` (mean absolute class-index error of the argmax).
@@ -197,12 +211,15 @@ def compute_metrics(y_true, scores, task: str, *, threshold: float = 0.5, class_
     names = [str(i) for i in range(d.k)] if class_names is None else [str(c) for c in class_names]
     if len(names) != d.k:
         raise ValueError(f"{len(names)} class names for {d.k} {'labels' if task == 'multilabel' else 'classes'}")
+    pos = 1 if positive is None and task == "binary" else None if positive is None else check_positive(task, positive)
     st = _stats(d, np.ones((d.n, 1), np.uint8))
-    sc = {name: v[0] for name, v in _scalars(task, st).items()}
+    sc = {name: v[0] for name, v in _scalars(task, st, pos if pos is not None else 1).items()}
     out = {"acc": acc(y, s, task, threshold), "auc": auc(y, s, task),
            "n": d.n}
     for name in scalar_names(task)[2:]:
         out[name] = _json_float(sc[name], name)
+    if task == "binary":  # the class each class-specific metric is about, for every reader to name it
+        out["class_of"] = {"sensitivity": names[pos], "specificity": names[1 - pos]}
     if task in ("binary", "multilabel"):
         out["threshold"] = float(threshold)
     class_auc = _class_aucs(d, y, s)  # undefined ones were already reported by auc() above
