@@ -33,6 +33,8 @@ figure{display:inline-block;margin:6px 14px 10px 0;vertical-align:top}
 figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
 table.kv td{text-align:left;font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.92em}
 .note{color:#8a5a00;background:#fff7e6;border-left:3px solid #f0b400;padding:4px 10px;font-size:.9em}
+ul.warnings{padding-left:0;list-style:none}ul.warnings .note{color:#8a1f11;background:#fdecea;
+border-left-color:#d9534f;font-size:.95em;margin:4px 0}
 """
 
 

@@ -35,9 +35,20 @@ def _scalar(v: Any) -> bool:
     return v is None or isinstance(v, (int, float, str, bool, np.integer, np.floating))
 
 
-def metric_label(key: str) -> str:
-    """A metric's readable name and its key, as HTML."""
-    return f"{escape(METRIC_LABELS.get(key, key.replace('_', ' ')))} <code>{escape(key)}</code>"
+def metric_label(key: str, class_of: dict | None = None) -> str:
+    """A metric's readable name (with the class it is about, for class-specific ones such as sensitivity) and its
+    key, as HTML."""
+    name = METRIC_LABELS.get(key, key.replace("_", " "))
+    if class_of and class_of.get(key) is not None:
+        name = f"{name} ({class_of[key]})"
+    return f"{escape(name)} <code>{escape(key)}</code>"
+
+
+def class_of(records: Iterable[dict]) -> dict:
+    """Which class each class-specific metric is about (compute_metrics' ``class_of``), where the records agree;
+    {} for records from before it was recorded."""
+    said = [r["class_of"] for r in records if isinstance(r.get("class_of"), dict)]
+    return {k: v for k, v in (said[0] if said else {}).items() if all(c.get(k) == v for c in said)}
 
 
 def _metric_keys(records: Iterable[dict]) -> list[str]:
@@ -51,12 +62,14 @@ def _metric_keys(records: Iterable[dict]) -> list[str]:
     return known + [k for k in seen if k not in known]
 
 
-def metric_table(records: dict[str, dict], table_id: str) -> str:
-    """Rows: metrics; columns: splits. Cells carry ``data-split`` / ``data-metric`` for tools and tests."""
+def metric_table(records: dict[str, dict], table_id: str, classes: dict | None = None) -> str:
+    """Rows: metrics; columns: splits. Cells carry ``data-split`` / ``data-metric`` for tools and tests.
+    ``classes``: the class of each class-specific metric (default: the records' own ``class_of``)."""
     splits = list(records)
+    classes = class_of(records.values()) if classes is None else classes
     rows = []
     for key in _metric_keys(records.values()):
-        cells = [metric_label(key)]
+        cells = [metric_label(key, classes)]
         for s in splits:
             rec = records[s]
             text = fmt_ci(rec.get(key), rec.get(f"{key}_ci")) if key in rec else "—"
@@ -79,17 +92,19 @@ def kv_table(mapping: dict, table_id: str, value_header: str = "value") -> str:
 # ---- sections from metrics.json ----
 
 def metric_sections(metrics: dict) -> list[Section]:
-    """Summary, then (where recorded) the train − test gap, the decision threshold, the evaluation settings."""
+    """Warnings (first, when recorded), the summary, then (where recorded) the train − test gap, the decision
+    threshold, the evaluation settings."""
     records = split_records(metrics)
     body = (metric_table(records, "summary") if records
             else note("metrics.json not found or empty: run `medbench evaluate` first."))
-    out = [("summary", "Summary metrics", body)]
+    out = [warnings_section(metrics["warnings"])] if metrics.get("warnings") else []
+    out.append(("summary", "Summary metrics", body))
     gap = metrics.get("gap")
     if isinstance(gap, dict) and gap:
         out.append(("overfitting", "Overfitting (train − test gap)", _gap_body(gap)))
     thr, youden = metrics.get("threshold"), youden_records(records)
     if isinstance(thr, dict) and thr or youden:
-        out.append(("threshold", "Decision threshold", _threshold_body(thr, youden)))
+        out.append(("threshold", "Decision threshold", _threshold_body(thr, youden, class_of(records.values()))))
     ev = metrics.get("evaluation")
     if isinstance(ev, dict) and ev:
         out.append(("evaluation", "Evaluation settings", kv_table(ev, "evaluation")))
@@ -109,13 +124,22 @@ def _gap_body(gap: dict) -> str:
             + table(["metric", "train − test"], rows, "gap"))
 
 
-def _threshold_body(thr, youden: dict[str, dict]) -> str:
+def warnings_section(messages) -> Section:
+    """metrics.json's ``warnings``: what makes the selected epoch or a split's predictions untrustworthy."""
+    items = [messages] if isinstance(messages, str) else list(messages)
+    body = ("<p>Read the numbers below with these in mind:</p><ul class=\"warnings\">"
+            + "".join(f"<li>{note(str(m))}</li>" for m in items) + "</ul>")
+    return ("warnings", f"Warnings ({len(items)})", body)
+
+
+def _threshold_body(thr, youden: dict[str, dict], classes: dict) -> str:
     parts = []
     if isinstance(thr, dict) and thr:
         parts.append("<p>Decision thresholds for the positive-class probability, chosen on the validation "
                      "split.</p>" + kv_table(thr, "threshold"))
     if youden:
-        parts.append("<h3>Metrics at the validation-chosen (Youden) threshold</h3>" + metric_table(youden, "at-youden"))
+        parts.append("<h3>Metrics at the validation-chosen (Youden) threshold</h3>"
+                     + metric_table(youden, "at-youden", classes))
     return "".join(parts)
 
 
