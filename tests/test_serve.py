@@ -64,7 +64,7 @@ def test_predict_answers_a_real_xray_like_the_predictor(base_url, chest_run, xra
         r = _post(f"{base_url}/predict", xray.read_bytes())
         assert r.status_code == 200, r.text
         j = r.json()
-        assert set(j) == {"label", "probabilities", "model", "threshold"} and j["model"] == "pneumonia-cnn5"
+        assert set(j) == {"label", "probabilities", "model", "threshold", "decision"} and j["model"] == "pneumonia-cnn5"
         assert list(j["probabilities"]) == ["NORMAL", "PNEUMONIA"]
         assert sum(j["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
         expected = p.probabilities(p.load_image(xray)[None])[0]

@@ -40,8 +40,41 @@ class Served:
                                 for s in ("val", "test") if p.metrics.get(s)},
                     "not_for_clinical_use": "Not for clinical use."}
         card.update(name=self.name, input_size=p.size, channels=p.channels,
-                    threshold_used=p.threshold if p.task.name == "binary" else None)
+                    threshold_used=p.threshold if p.task.name == "binary" else None, decision_rule=self.rule())
         return card
+
+    def threshold_source(self) -> str | None:
+        """Where the binary threshold came from: the run's validation-chosen (Youden) one, else the default."""
+        p = self.predictor
+        if p.task.name != "binary":
+            return None
+        youden = (p.metrics.get("threshold") or {}).get("youden") if isinstance(p.metrics, dict) else None
+        if youden is not None and float(youden) == p.threshold:
+            return "Youden, chosen on validation"
+        return "the default" if p.threshold == 0.5 else "set for this server"
+
+    def rule(self) -> str:
+        """The decision rule in words, before any image: what a probability must pass to give which label."""
+        p, names = self.predictor, self.predictor.classes
+        if p.task.name == "binary":
+            return (f"{names[1]} when P({names[1]}) > {p.threshold:.3f} (threshold: {self.threshold_source()}), "
+                    f"otherwise {names[0]}")
+        if p.task.name == "multilabel":
+            return "every label whose probability is > 0.5 (none may be)"
+        return "the class with the highest probability"
+
+    def applied(self, probs, label: str) -> str:
+        """The rule applied to one image's probabilities, e.g. ``P(PNEUMONIA) 0.665 ≤ threshold 0.670 (Youden,
+        chosen on validation) → NORMAL``."""
+        p, names = self.predictor, self.predictor.classes
+        if p.task.name == "binary":
+            v, t = _distinct(float(probs[1]), p.threshold)
+            sign = ">" if float(probs[1]) > p.threshold else "≤"
+            return f"P({names[1]}) {v} {sign} threshold {t} ({self.threshold_source()}) → {label}"
+        if p.task.name == "multilabel":
+            on = [f"{n} {float(x):.3f}" for n, x in zip(names, probs) if float(x) > 0.5]
+            return f"labels with P > 0.5: {', '.join(on)}" if on else "no label with P > 0.5 → no label"
+        return f"highest probability: P({label}) {float(max(probs)):.3f} → {label}"
 
     def infer(self, image, cam: bool) -> dict:
         """Class probabilities (and with ``cam`` a Grad-CAM overlay) for one uint8 ``[C, S, S]`` image."""
@@ -49,10 +82,12 @@ class Served:
         try:
             with self.lock:
                 probs = p.probabilities(image[None])
-                out = {"label": p.decide(probs)[0],
+                label = p.decide(probs)[0]
+                out = {"label": label,
                        "probabilities": {c: float(x) for c, x in zip(p.classes, probs[0])},
                        "model": self.name,
-                       "threshold": p.threshold if p.task.name == "binary" else None}
+                       "threshold": p.threshold if p.task.name == "binary" else None,
+                       "decision": {"rule": self.applied(probs[0], label), "threshold_source": self.threshold_source()}}
                 if cam:
                     out["cam"] = _png_data_url(p.cams(image[None], probs)[0])
             return out
@@ -69,6 +104,15 @@ def load_runs(run_dirs: Sequence[Path], device: str) -> dict[str, Served]:
         seen[base] = seen.get(base, 0) + 1
         names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
     return {n: Served(n, d, device) for n, d in zip(names, run_dirs)}
+
+
+def _distinct(value: float, threshold: float) -> tuple[str, str]:
+    """Both numbers with 3 decimals, or as many more (up to 9) as it takes for them to read differently."""
+    for digits in range(3, 10):
+        a, b = f"{value:.{digits}f}", f"{threshold:.{digits}f}"
+        if a != b:
+            break
+    return a, b
 
 
 def _png_data_url(rgb) -> str:
