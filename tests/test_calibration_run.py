@@ -72,21 +72,39 @@ def test_predictor_and_serve_apply_calibration_json(calibrated, breast_run, brea
 @pytest.mark.slow  # the ONNX (dynamo) export: ~20 s on 2 loaded cores
 def test_onnx_export_folds_the_temperature(calibrated, breast_npz):
     import onnxruntime as ort
+    from safetensors.torch import load_file, save_file
 
     from medbench.export import export_run
 
-    run, *_ = calibrated
-    p = Predictor(run)
-    x = _test_images(p, breast_npz)
-    path = export_run(run, "onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = session.run(["probabilities"], {"image": x.numpy()})[0]
-    assert np.abs(out - p.probabilities(x)).max() <= 1e-5
+    run, _, _, _, record = calibrated
+    x = _test_images(Predictor(run), breast_npz)
+
+    def parity(t: float, tolerance: float = 1e-5) -> np.ndarray:
+        write_calibration(run / CALIBRATION, {**record, "temperature": t})
+        p = Predictor(run)
+        session = ort.InferenceSession(str(export_run(run, "onnx")), providers=["CPUExecutionProvider"])
+        out = session.run(["probabilities"], {"image": x.numpy()})[0]
+        probs = p.probabilities(x)
+        assert out.dtype == np.float32 and np.abs(out - probs).max() <= tolerance, t
+        return probs
+
+    for t in (record["temperature"], 2.5, 0.25):  # the fitted T (on its upper bound), flattening, sharpening
+        parity(t)
+    # an over-confident network: the output layer scaled up until float32 probabilities saturate. Its logits are
+    # large enough that ONNX Runtime and PyTorch already differ by ~1e-5 uncalibrated (test_export allows 1e-4):
+    # the temperature must not make that worse
+    weights = load_file(run / "model.safetensors")
+    for key in list(weights)[-2:]:  # the last layer's weight and bias
+        weights[key] = weights[key] * 300
+    save_file(weights, run / "model.safetensors")
+    assert (parity(1.0, 1e-4).max(1) > 1 - 1e-6).sum() > 10  # T = 1: the network's own probabilities
+    for t in (2.5, 0.25):
+        parity(t, 1e-4)
 
 
 def test_averaged_networks_export_calibrated_probabilities(calibrated, breast_npz):
     """Several networks (deep ensemble / kept checkpoints): the temperature acts on the averaged probabilities,
-    in the exported module as in Predictor; the same formulas for multi-class and multi-label probabilities."""
+    in the exported module as in Predictor; the same formulas for every task, saturated probabilities included."""
     run, *_ = calibrated
     p = Predictor(run)
     other = copy.deepcopy(p.models[0])
@@ -97,14 +115,18 @@ def test_averaged_networks_export_calibrated_probabilities(calibrated, breast_np
     x = _test_images(p, breast_npz, 16)
     with torch.no_grad():
         got = deployable(p)(x).numpy()
-    np.testing.assert_allclose(got, p.probabilities(x), atol=1e-5)
+    np.testing.assert_allclose(got, p.probabilities(x), atol=1e-6)
     module = deployable(p)
-    probs = np.random.default_rng(0).dirichlet(np.ones(5), size=30)
-    for task, s in (("multiclass", probs), ("multilabel", probs)):
+    probs = np.random.default_rng(0).dirichlet(np.full(5, 0.05), size=40)  # many near 0 and 1
+    probs[:3] = np.eye(5)[:3]  # exactly 0 and 1
+    p1 = np.array([0.0, 1e-30, 0.3, 1 - 1e-12, 1.0])
+    cases = (("multiclass", probs), ("ordinal", probs), ("multilabel", probs), ("binary", np.stack([1 - p1, p1], 1)))
+    for task, s in cases:
         module.task = task
-        with torch.no_grad():
-            got = module.calibrated(torch.tensor(s, dtype=torch.float32), 1.7).numpy()
-        np.testing.assert_allclose(got, apply_temperature(s, task, 1.7), atol=1e-5)
+        for t in (0.3, 2.5):
+            with torch.no_grad():
+                got = module.calibrated(torch.tensor(s, dtype=torch.float64), t).numpy()
+            np.testing.assert_allclose(got, apply_temperature(s, task, t), rtol=1e-12, atol=1e-15)
 
 
 def test_damaged_calibration_file_is_one_clear_error(calibrated):

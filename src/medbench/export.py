@@ -6,9 +6,10 @@ probabilities ``[N, K]`` (softmax; sigmoid per label for multi-label runs; CORN 
 CORN runs), so a runtime needs no medbench code. Files: ``RUN_DIR/model.onnx`` or ``RUN_DIR/model.ts``.
 
 A calibrated run (``calibration.json``, ``--calibrate temperature``) exports its calibrated probabilities: the
-temperature is folded into the graph (the logits divided by ``T`` for one softmax/sigmoid network; for averaged
-networks and CORN, ``softmax(log p / T)`` or ``sigmoid(logit p / T)`` on the averaged probabilities), so the
-file gives what :class:`~medbench.predict.Predictor` gives.
+temperature is in the graph, as :class:`~medbench.predict.Predictor` applies it: ``softmax(log p / T)`` (binary
+and multi-label ``sigmoid(logit p / T)``) on the averaged probabilities in float64, so the file gives what
+Predictor gives (not ``softmax(z / T)`` on one network's logits: equal in exact arithmetic, but float32
+probabilities saturate at 1, and medbench's metrics are computed from them).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from medbench.errors import MedbenchError
+from medbench.metrics.calibration import PROB_FLOOR
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts"}
 ONNX_OPSET = 18
@@ -44,19 +46,20 @@ class Deployable(nn.Module):
         if self.to_rgb:
             x = x.expand(-1, 3, -1, -1)
         x = x * self.scale - self.shift
-        t = self.temperature
-        if t is not None and len(self.models) == 1 and not self.corn:  # exact: softmax(z / T), sigmoid(z / T)
-            return self.scores(self.models[0](x).float() / t)
         probs = [self.scores(m(x).float()) for m in self.models]
-        p = probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
-        return p if t is None else self.calibrated(p, t)
+        if self.temperature is None:
+            return probs[0] if len(probs) == 1 else torch.stack(probs).mean(0)
+        # as Predictor: the float32 probabilities averaged and re-scaled in float64 (near 1, float32 would lose
+        # 1 - p, the whole of what a temperature acts on)
+        return self.calibrated(torch.stack(probs).double().mean(0), self.temperature).float()
 
     def calibrated(self, p: torch.Tensor, t: float) -> torch.Tensor:
-        """medbench.metrics.calibration.apply_temperature on probabilities, in float32."""
-        tiny = torch.finfo(torch.float32).tiny
-        if self.task == "multilabel":
-            return torch.sigmoid((torch.log(p.clamp_min(tiny)) - torch.log((1 - p).clamp_min(tiny))) / t)
-        return torch.softmax(torch.log(p.clamp_min(tiny)) / t, dim=1)
+        """medbench.metrics.calibration.apply_temperature, the same formulas (float64 in, float64 out)."""
+        if self.task in ("multilabel", "binary"):  # binary: from P(positive) alone, as the AUC ranks it
+            q = p if self.task == "multilabel" else p[:, -1:]
+            q = torch.sigmoid((torch.log(q) - torch.log(1 - q)) / t)  # 0 and 1 stay 0 and 1 (+-inf logits)
+            return q if self.task == "multilabel" else torch.cat([1 - q, q], 1)
+        return torch.softmax(torch.log(p.clamp_min(PROB_FLOOR)) / t, dim=1)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         if self.task == "multilabel":

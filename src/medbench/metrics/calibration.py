@@ -29,7 +29,9 @@ from medbench.metrics.validation import _as_arrays, _check_task
 
 # log T is searched in [-LOG_T_BOUND, LOG_T_BOUND]: T from 0.018 to 55, far beyond any useful rescaling
 LOG_T_BOUND = 4.0
-_TINY = np.finfo(np.float64).tiny  # p is clipped to this before the log: log stays finite (>= -708)
+# softmax tasks clip p to this before the log: float32's smallest normal number, below which a network's float32
+# probability is an underflow (log -87.3); the exported graph clips at the same value
+PROB_FLOOR = float(np.finfo(np.float32).tiny)
 _FIT_CLIP = 1e-15  # the fit's likelihood clips p to [1e-15, 1 - 1e-15], as log_loss does
 
 
@@ -57,7 +59,7 @@ def apply_temperature(scores, task: str, temperature: float) -> np.ndarray:
         if task == "binary":  # from P(positive) alone: a strictly increasing map of the column the AUC ranks
             p1 = expit(logit(s[:, -1]) / t)
             return np.stack([1.0 - p1, p1], axis=1) if s.shape[1] == 2 else p1[:, None]
-        return np.exp(log_softmax(np.log(np.maximum(s, _TINY)) / t, axis=1))
+        return np.exp(log_softmax(np.log(np.maximum(s, PROB_FLOOR)) / t, axis=1))
 
 
 def _nll_fn(labels, scores, task: str):
