@@ -89,7 +89,10 @@ def test_binary_metrics_at_the_validation_youden_threshold(kept_run, medmnist_di
     y = ds["test"].labels.numpy()[:, 0]
     at = metrics["test"]["at_youden"]
     assert at["acc"] == pytest.approx(np.mean((test[:, 1] > t) == y))
-    assert at["sensitivity"] == pytest.approx(np.mean(test[y == 1, 1] > t))
+    # the positive class is the minority of train: 'malignant' (class 0) on BreastMNIST
+    assert at["class_of"]["sensitivity"] == "malignant"
+    assert at["sensitivity"] == pytest.approx(np.mean(test[y == 0, 1] <= t))
+    assert at["specificity"] == pytest.approx(np.mean(test[y == 1, 1] > t))
     assert metrics["test"]["acc"] == pytest.approx(np.mean((test[:, 1] > 0.5) == y))  # MedMNIST's 0.5 stays
     assert metrics["evaluation"] == {"ensemble": 1, "tta": False, "bootstrap": 0}
     assert metrics["test"]["confusion_matrix"] == compute_metrics(y[:, None], test, "binary")["confusion_matrix"]

@@ -25,11 +25,18 @@ from medbench.build import build_preprocess, build_task, dataset_or_build, load_
 from medbench.config import RunConfig, load_config
 from medbench.config.sources import parse_dataset
 from medbench.data import SPLITS, ImageDataset, item_ids
+from medbench.data.subgroups import subgroup_values_for
 from medbench.engine import predict_logits, resolve_device
 from medbench.errors import MedbenchError
 from medbench.metrics import bootstrap_metrics, compute_metrics, youden_threshold
+from medbench.metrics.calibration import calibrate_splits, calibration_summary, write_calibration
+from medbench.metrics.diagnostics import emit, read_history, selection_warnings, split_warnings
+from medbench.metrics.positive import positive_index
+from medbench.metrics.subgroups import subgroup_metrics
 from medbench.rundir import (
+    CALIBRATION,
     CONFIG,
+    HISTORY,
     METRICS,
     PREDICTIONS,
     check_name,
@@ -52,7 +59,8 @@ from medbench.tasks import decide as decide_labels
 
 # metrics also reported at the validation-chosen (Youden) threshold of binary tasks
 YOUDEN_KEYS = ("threshold", "acc", "balanced_acc", "sensitivity", "specificity", "precision_macro", "recall_macro",
-               "f1_macro", "f1_weighted", "confusion_matrix")
+               "f1_macro", "f1_weighted", "confusion_matrix", "class_of")
+SUBGROUP_BOOTSTRAP = 1000  # per-subgroup CIs matter most (small groups) and cost ~0.5 s: always computed
 
 
 @dataclass
@@ -93,6 +101,9 @@ class Scored:
     decide: float  # its threshold
     metrics: dict
     dist: object
+    calibration: dict | None = None  # calibration.json's record (--calibrate temperature)
+    warnings: list | None = None  # selection and collapse warnings (also in metrics["warnings"])
+    selection: list | None = None  # the selection ones among them (training logs those itself)
 
 
 def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_dir=None, quiet: bool = False,
@@ -126,6 +137,8 @@ def evaluate(run_dir: str | Path, splits: Iterable[str] | None = None, *, data_d
                         estimator=estimator, unfinished_note=stopped)
         where = _publish(run_dir, folder, scored, settings) if scored.dist.is_main else None
         scored.dist.barrier()
+    if main:
+        emit(scored.warnings or [])
     if stopped and main:
         warnings.warn(f"{run_dir} is an unfinished run ({stopped}): these are the metrics of its best epoch so far, "
                       f"recorded as 'unfinished' in {where / METRICS}; finish it with medbench train --resume "
@@ -145,6 +158,8 @@ def evaluate_locked(run_dir: Path, splits: Iterable[str] | None = None, *, data_
                     estimator=estimator, unfinished_note=unfinished_note)
     if scored.dist.is_main:  # written once everything is computed: a failure above leaves the old files together
         _write_record(run_dir, scored, run_dir.name)
+        # training has logged its selection warnings already; the collapse of an evaluated split is news
+        emit([w for w in scored.warnings or [] if w not in scored.selection])
     scored.dist.barrier()
     return scored.metrics
 
@@ -164,26 +179,42 @@ def _score(run_dir: Path, cfg: RunConfig, settings: Settings, splits: list[str],
         raise MedbenchError(f"{ds.source} has md5 {ds.md5} but the run was trained on data with md5 {recorded}")
     dist, device = distributed.setup(resolve_device(cfg.device))
     task = build_task(cfg, ds)
-    binary = task.name == "binary"
-    needed = [s for s in SPLITS if s in splits or (binary and s == "val")]  # the threshold is chosen on val
+    binary, calibrating = task.name == "binary", cfg.calibrate == "temperature"
+    positive = positive_index(cfg.positive_class, ds.class_names, ds["train"].labels.numpy(), task.name)
+    # the threshold and the temperature are chosen on val
+    needed = [s for s in SPLITS if s in splits or ((binary or calibrating) and s == "val")]
     if baselines.is_baseline(cfg.model):  # no weights file: refit (deterministic for the seed) unless passed in
         estimator = estimator or baselines.fit(cfg.model, cfg.seed, task.name, cfg.features, ds["train"])
         members, scores, single_logits = [], _baseline_scores(estimator, cfg, ds, task, needed), {}
     else:
         scores, single_logits = _network_scores(run_dir, cfg, ds, task, device, dist, members, needed, settings.tta)
     labels = {s: ds[s].labels.numpy() for s in needed}
+    calibration = None
+    if calibrating:  # before the threshold: Youden is chosen on the calibrated val scores Predictor sees
+        scores, calibration = calibrate_splits(task.name, scores, labels, decision=cfg.decision)
+        single_logits = {}  # the recorded loss becomes the calibrated log-loss
     threshold = youden_threshold(labels["val"], scores["val"]) if binary else None
     decide = threshold if cfg.decision == "youden" and threshold is not None else 0.5
     setting = {"ensemble": max(len(members), 1), "tta": settings.tta, "bootstrap": settings.bootstrap,
                **({"members": [str(p.relative_to(run_dir)) for p in members]} if len(members) > 1 else {})}
     metrics = {}
     for s in splits:
+        groups = subgroup_values_for(ds, s, cfg) if s == "test" else {}
         metrics[s] = _split_record(task, ds, s, labels[s], scores[s], single_logits.get(s), decide, threshold,
-                                   settings)
+                                   settings, positive, groups)
         metrics[s]["evaluation"] = setting
     metrics.update(_summary(metrics, binary, threshold, decide, setting, unfinished_note))
+    if calibration:
+        metrics["calibration"] = calibration_summary(calibration)
+    selection = selection_warnings(read_history(run_dir / HISTORY), cfg.select_metric, labels.get("val"),
+                                   task.name, ds.class_names) if "val" in labels else []
+    found = selection + split_warnings({s: labels[s] for s in splits}, {s: scores[s] for s in splits}, task.name,
+                                       ds.class_names, threshold=decide)
+    if found:
+        metrics["warnings"] = found
     decided = {s: np.asarray(decide_labels(scores[s], task.name, decide)) for s in splits}
-    return Scored(cfg, ds, task, splits, {s: scores[s] for s in splits}, decided, decide, metrics, dist)
+    return Scored(cfg, ds, task, splits, {s: scores[s] for s in splits}, decided, decide, metrics, dist,
+                  calibration, found, selection)
 
 
 def _write_record(out: Path, scored: Scored, run_tag: str) -> None:
@@ -198,6 +229,10 @@ def _write_record(out: Path, scored: Scored, run_tag: str) -> None:
                                          scored.decide)
             write_medmnist_export(out / PREDICTIONS, scored.cfg.dataset, ds.size, s, scored.scores[s], auc, acc,
                                   run_tag)
+    if scored.calibration is not None:
+        write_calibration(out / CALIBRATION, scored.calibration)
+    else:
+        (out / CALIBRATION).unlink(missing_ok=True)  # a stale file would re-scale Predictor's output
     write_metrics(out, scored.metrics)
 
 
@@ -272,16 +307,23 @@ def fixed_conv_algorithms():
 
 
 def _split_record(task, ds: ImageDataset, split: str, labels: np.ndarray, scores: np.ndarray, logits, decide: float,
-                  threshold: float | None, settings: Settings) -> dict:
-    rec = compute_metrics(labels, scores, task.name, threshold=decide, class_names=ds.class_names)
+                  threshold: float | None, settings: Settings, positive: int | None, groups: dict) -> dict:
+    rec = compute_metrics(labels, scores, task.name, threshold=decide, class_names=ds.class_names,
+                          positive=positive)
     # the task's own loss for one network; with averaged probabilities, their log-loss
     rec["loss"] = float(task.loss(logits, ds[split].labels, smoothing=0.0)) if logits is not None \
         else rec["log_loss"]
     if task.name == "binary" and threshold is not None:  # undefined when val holds one class
-        at = compute_metrics(labels, scores, task.name, threshold=threshold, class_names=ds.class_names)
+        at = compute_metrics(labels, scores, task.name, threshold=threshold, class_names=ds.class_names,
+                             positive=positive)
         rec["at_youden"] = {k: at[k] for k in YOUDEN_KEYS if k in at}
     if settings.bootstrap:
-        rec.update(bootstrap_metrics(labels, scores, task.name, replicates=settings.bootstrap, seed=settings.seed))
+        rec.update(bootstrap_metrics(labels, scores, task.name, replicates=settings.bootstrap, seed=settings.seed,
+                                     threshold=decide, positive=positive))
+    if groups:
+        rec["subgroups"] = subgroup_metrics(labels, scores, task.name, groups, threshold=decide,
+                                            bootstrap=settings.bootstrap or SUBGROUP_BOOTSTRAP, seed=settings.seed,
+                                            class_names=ds.class_names, positive=positive)
     return rec
 
 

@@ -27,7 +27,9 @@ from medbench.engine import predict_logits, resolve_device
 from medbench.errors import MedbenchError
 from medbench.fileio import write_json
 from medbench.metrics import compute_metrics
+from medbench.metrics.calibration import apply_temperature, read_temperature
 from medbench.rundir import (
+    CALIBRATION,
     CONFIG,
     EVALUATION_JSON,
     ROBUSTNESS,
@@ -69,6 +71,9 @@ def score_corruptions(run_dir: str | Path, preset: str = "auto", severities: Ite
     start = time.perf_counter()
     cells = [(None, 0)] + [(c, s) for c in PRESETS[preset_name] for s in severities]
     probs, psnr, members = _score_cells(run_dir, cfg, ds, task, cells, seed)
+    temperature = read_temperature(run_dir / CALIBRATION)  # the headline threshold is on calibrated scores
+    if temperature is not None:
+        probs = {cell: apply_temperature(p, task.name, temperature) for cell, p in probs.items()}
     threshold = _headline_threshold(run_dir) if task.name == "binary" else 0.5
     labels = ds["test"].labels.numpy()
     scored = {cell: _cell_metrics(labels, p, task.name, threshold, ds.class_names) for cell, p in probs.items()}

@@ -26,6 +26,7 @@ from medbench.data import ImageDataset
 from medbench.data.memory import fits_on_device
 from medbench.data.splits import leakage_report
 from medbench.data.store import cat_images, on_disk
+from medbench.data.subgroups import subgroup_values_for
 from medbench.engine import (
     Precision,
     WeightEMA,
@@ -154,10 +155,18 @@ class State:
                 "config": loop.cfg.model_dump(mode="json")}
 
 
+def check_evaluation_settings(cfg: RunConfig, ds: ImageDataset, task: Task) -> None:
+    """What the evaluation at the end will need, checked before training: a bad positive class, subgroup column or
+    regex fails in seconds, not after the last epoch."""
+    positive_index(cfg.positive_class, ds.class_names, ds["train"].labels.numpy(), task.name)
+    if "test" in ds.splits:
+        subgroup_values_for(ds, "test", cfg)
+
+
 def build_loop(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.device) -> Loop:
     precision = Precision(device, cfg.precision)
     task = build_task(cfg, ds)
-    positive_index(cfg.positive_class, ds.class_names, ds["train"].labels.numpy(), task.name)  # a bad name fails now
+    check_evaluation_settings(cfg, ds, task)
     model = place_model(build_model(cfg, ds, task), cfg, device)
     net = torch.compile(model) if cfg.compile else model  # same parameters; state_dict keys from ``model``
     if dist.active:
@@ -302,7 +311,7 @@ def fit_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, quiet: bool):
                             f"--tta)")
     task = build_task(cfg, ds)
     baselines.make_estimator(cfg.model, cfg.seed, task.name)  # a bad name fails before anything is written
-    positive_index(cfg.positive_class, ds.class_names, ds["train"].labels.numpy(), task.name)
+    check_evaluation_settings(cfg, ds, task)
     record = provenance(ds, device="cpu", **({"data_cache_key": ds.meta["cache"]["key"]} if "cache" in ds.meta
                                              else {}))
     start_run_dir(out, cfg, ds, record, quiet)

@@ -14,7 +14,7 @@ from medbench.cli.flags import add_train_flags, flag_settings, given_flags
 from medbench.cli.types import SEED, int_in
 from medbench.config import BOOTSTRAP_LIMIT, load_config, parse_overrides, read_config_file, resolve_config
 from medbench.errors import MedbenchError
-from medbench.rundir import CONFIG, METRICS, SHOWN_FILES
+from medbench.rundir import CONFIG, METRICS, SHOWN_FILES, evaluation_dir
 
 SPLITS = ("train", "val", "test")
 TRAIN_HELP = ("Train one run into a run directory. Settings, later wins: the field defaults (shown below; = the "
@@ -50,6 +50,12 @@ def add_evaluate(sub, common) -> None:
     p.add_argument("--name", help="folder of this evaluation: RUN_DIR/evaluations/NAME (default: from the settings, "
                                    "e.g. plain, tta-bootstrap1000); an existing one is never overwritten")
     p.add_argument("--json", action="store_true", help="print the metrics of the evaluated split(s) as JSON")
+    p.add_argument("--corruptions", nargs="?", const="auto", metavar="PRESET",
+                   help="instead: score the test split under image corruptions (noise, blur, contrast, brightness, "
+                        "JPEG, pixelation, and the modality's own: speckle, gamma, desaturation) at severities 1-5 "
+                        "into evaluations/corruptions-PRESET/robustness.json; PRESET: auto (from the MedMNIST "
+                        "dataset; own data: default), default, xray, ct, ultrasound, fundus, pathology, "
+                        "dermatoscopy")
 
 
 def train_settings(args) -> dict:
@@ -119,11 +125,34 @@ def _print_metrics(args, metrics: dict) -> None:
           f"bootstrap {ev['bootstrap'] or 'off'}); the training record {args.run_dir / METRICS} is unchanged")
 
 
+def _evaluate_corruptions(args) -> None:
+    from medbench.robustness import format_table, score_corruptions
+
+    other = [f for f, v in (("--split", args.split), ("--tta", args.tta), ("--ensemble", args.ensemble),
+                            ("--bootstrap", args.bootstrap)) if v]
+    if other:
+        raise MedbenchError(f"--corruptions scores the test split of the run as trained; {', '.join(other)} "
+                            f"do(es) not apply to it: drop it, or evaluate those settings separately")
+    rec = score_corruptions(args.run_dir, args.corruptions, data_dir=args.data_dir, name=args.name, seed=args.seed,
+                            quiet=args.quiet)
+    where = evaluation_dir(args.run_dir, rec["evaluation"])
+    if args.json:
+        print(json.dumps(rec, indent=2))
+        print(f"wrote {where}", file=sys.stderr)
+        return
+    print(format_table(rec))
+    print(format_table(rec, "acc"))
+    print(f"wrote {where} ({rec['seconds']:.0f} s); `medbench report {args.run_dir}` shows it")
+
+
 def cmd_evaluate(args) -> None:
     from medbench.distributed import is_main_process
     from medbench.run import evaluate
 
     check_run_dir(args.run_dir)
+    if args.corruptions is not None:
+        _evaluate_corruptions(args)
+        return
     metrics = evaluate(args.run_dir, args.split, data_dir=args.data_dir, quiet=args.quiet, ensemble=args.ensemble,
                        tta=args.tta, bootstrap=args.bootstrap, seed=args.seed, name=args.name)
     if not is_main_process():

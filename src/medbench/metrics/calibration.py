@@ -177,7 +177,7 @@ def read_temperature(path) -> float | None:
     file, or one that is not a temperature record, is a :class:`MedbenchError` naming it."""
     if not Path(path).exists():
         return None
-    fix = "delete it, or re-run medbench evaluate with --calibrate temperature"
+    fix = "delete it to use the uncalibrated probabilities, or retrain with --calibrate temperature"
     record = read_json(path, "calibration record", fix)
     t = record.get("temperature")
     if (record.get("method") != "temperature" or isinstance(t, bool) or not isinstance(t, (int, float))

@@ -44,7 +44,7 @@ def resample_counts(n: int, replicates: int, seed: int = 0) -> np.ndarray:
 
 def bootstrap_replicates(y_true, scores, task: str, *, replicates: int = 1000, seed: int = 0,
                          threshold: float = 0.5, counts: np.ndarray | None = None,
-                         metrics: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+                         metrics: Iterable[str] | None = None, positive: int | None = None) -> dict[str, np.ndarray]:
     """Every scalar metric of :func:`compute_metrics` on every resample: {name: float64 [replicates]}, NaN
     where a resample leaves it undefined.
 
@@ -52,7 +52,7 @@ def bootstrap_replicates(y_true, scores, task: str, *, replicates: int = 1000, s
     ``resample_counts(n, replicates, seed)``), the same ones for every metric. Nothing is resampled explicitly:
     confusion counts, calibration-bin sums and summed losses are indicator (or per-sample value) rows times
     ``counts``; AUCs come from :func:`weighted_auc`. ``metrics`` restricts the output to some of
-    :func:`scalar_names`.
+    :func:`scalar_names`. ``positive`` (binary): the class whose recall is the sensitivity (default 1).
     """
     d = _samples(y_true, scores, task, threshold)
     if not d.n:
@@ -72,7 +72,7 @@ def bootstrap_replicates(y_true, scores, task: str, *, replicates: int = 1000, s
         raise ValueError(f"unknown metrics for a {task} task: {unknown}; known: {names}")
     out = {}
     if set(wanted) - {"auc"}:
-        sc = _scalars(task, _stats(d, counts))
+        sc = _scalars(task, _stats(d, counts), 1 if positive is None else positive)
         out = {name: sc[name] for name in wanted if name != "auc"}
     if "auc" in wanted:
         out["auc"] = _auc_replicates(y, s, task, counts)
@@ -93,7 +93,8 @@ def percentile_ci(values, level: float = 0.95) -> list[float] | None:
 
 
 def bootstrap_metrics(y_true, scores, task: str, *, replicates: int = 1000, seed: int = 0, level: float = 0.95,
-                      threshold: float = 0.5, metrics: Iterable[str] | None = None) -> dict:
+                      threshold: float = 0.5, metrics: Iterable[str] | None = None,
+                      positive: int | None = None) -> dict:
     """Percentile bootstrap CIs of every scalar metric of :func:`compute_metrics`: {"<metric>_ci": [lo, hi]}.
 
     Resamples of the split with replacement (as CheXtransfer does for its test sets), all computed at once by
@@ -101,13 +102,14 @@ def bootstrap_metrics(y_true, scores, task: str, *, replicates: int = 1000, seed
     (2.5 % and 97.5 % for 0.95, numpy's linear interpolation). Resamples where a metric is undefined (say a
     class drawn zero times for an AUC) are left out of its CI with a warning; ``None`` when all are.
     """
-    return _bootstrap_cis(y_true, scores, task, replicates, seed, level, threshold, metrics)
+    return _bootstrap_cis(y_true, scores, task, replicates, seed, level, threshold, metrics, positive=positive)
 
 
-def _bootstrap_cis(y_true, scores, task, replicates, seed, level, threshold, metrics, stacklevel=3) -> dict:
+def _bootstrap_cis(y_true, scores, task, replicates, seed, level, threshold, metrics, stacklevel=3,
+                   positive: int | None = None) -> dict:
     _check_level(level)
     reps = bootstrap_replicates(y_true, scores, task, replicates=replicates, seed=seed, threshold=threshold,
-                                metrics=metrics)
+                                metrics=metrics, positive=positive)
     out = {}
     for name, values in reps.items():
         out[f"{name}_ci"], valid = _percentiles(values, level)

@@ -17,6 +17,7 @@ from pathlib import Path
 from medbench.data import ImageDataset
 from medbench.fileio import write_text
 from medbench.progress import console
+from medbench.report.calibration import calibration_sections
 from medbench.report.heldout import Section, gradcam_section, heldout_sections
 from medbench.report.html import CSS, escape, nav, note, page, png_img, section, table  # noqa: F401  (CSS: below)
 from medbench.report.inputs import RunInputs, read_run_inputs
@@ -43,6 +44,7 @@ def write_run_report(run_dir, *, data_dir=None, dataset: ImageDataset | None = N
         inputs = read_run_inputs(run_dir, data_dir=data_dir, dataset=dataset, quiet=quiet, evaluation=evaluation)
         sections = (metric_sections(inputs.metrics) + subgroup_sections(inputs.metrics)
                     + [curves_section(inputs.history)] + heldout_sections(inputs)
+                    + calibration_sections(evaluation_dir(run_dir, evaluation) if evaluation else run_dir)
                     + robustness_sections(run_dir)
                     + [gradcam_section(inputs)] + setup_sections(inputs))
         out = (evaluation_dir(run_dir, evaluation) if evaluation else run_dir) / REPORT
