@@ -20,7 +20,7 @@ from medbench.metrics.diagnostics import (
     selection_warnings,
     small_validation,
 )
-from medbench.rundir import HISTORY, WEIGHTS, read_predictions
+from medbench.rundir import HISTORY, WEIGHTS, read_metrics, read_predictions
 
 
 def _rows(*vals):
@@ -114,6 +114,11 @@ def test_tied_validation_auc_run_selects_by_loss_and_warns(tmp_path, shared_data
     assert (scores[:, 1] > 0.5).all()                # is order-free: every row decided the same)
     test = collapse_warning("test", labels, scores, "binary", ["NORMAL", "PNEUMONIA"])
     assert test is not None and "predicted PNEUMONIA" in test and "NORMAL 30, PNEUMONIA 50" in test
+    # ... and metrics.json records the selection warnings and the test split's collapse, the test one logged too
+    recorded = read_metrics(out)["warnings"]
+    assert any("validation split is too small to select" in m for m in recorded)
+    assert any(m.startswith("test: predictions collapsed to one class") for m in recorded)
+    assert any(m.startswith("test: predictions collapsed") for m in said)
 
 
 @pytest.mark.parametrize("select", ["auc", "loss"])
