@@ -98,6 +98,32 @@ def _job(args, side: str, flag: str, seed: int, work: Path, home: Path) -> dict:
     return res
 
 
+def same_network(official: Path) -> dict:
+    """Load the official ResNet18's freshly initialised weights into medbench's ``init=torch-default`` ResNet-18
+    (state-dict entries in the same order and shapes; only names differ) and compare outputs in train and eval mode:
+    0 difference means the same architecture. Also the per-layer weight std of each side's own initialisation."""
+    import importlib.util
+
+    import torch
+
+    from medbench.models import create_model
+
+    spec = importlib.util.spec_from_file_location("official_models", official / "models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    theirs, ours = mod.ResNet18(3, 2), create_model("resnet18", num_classes=2, in_chans=3, init="torch-default")
+    std = [(round(a.float().std().item(), 4), round(b.float().std().item(), 4))
+           for a, b in zip(theirs.state_dict().values(), ours.state_dict().values()) if a.dim() == 4]
+    theirs.train()(torch.randn(16, 3, 28, 28))  # non-trivial BatchNorm running statistics
+    ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values())))
+    x, diff = torch.randn(8, 3, 28, 28), {}
+    for mode in ("train", "eval"):
+        with torch.no_grad():
+            diff[mode] = (theirs.train(mode == "train")(x) - ours.train(mode == "train")(x)).abs().max().item()
+    return {"max_abs_output_diff": diff, "conv_weight_std_official_vs_medbench": std}
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -162,6 +188,8 @@ def main() -> None:
     args = ap.parse_args()
     args.official, args.data_dir = args.official.expanduser().resolve(), args.data_dir.expanduser().resolve()
     flags = _check_args(args)
+    network = same_network(args.official)
+    print(f"same network: max |output difference| {network['max_abs_output_diff']}", flush=True)
     os.environ["FIDELITY_THREADS"] = str(args.threads)
     jobs = [(side, f, s) for f in flags for s in range(args.seeds) for side in ("official", "medbench")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,7 +209,7 @@ def main() -> None:
         "official_wrapper": "seeds random/numpy/torch, sets torch threads, HOME -> a folder whose .medmnist links "
                             "the local npz files, --gpu_ids -1 --as_rgb --model_flag resnet18",
         "medbench_command": "medbench train --recipe medmnist-v2 --as-rgb --model resnet18 --device cpu",
-        "tolerance": TOLERANCE, "summary": summary, "runs": rows})
+        "network_check": network, "tolerance": TOLERANCE, "summary": summary, "runs": rows})
     write_text(args.out / "fidelity.md", text)
 
 
