@@ -39,6 +39,9 @@ def test_train_with_calibrate_temperature_records_and_applies_it(calibrated_run,
         assert auc(y, raw, "binary") == pytest.approx(auc(y, calibrated, "binary"), abs=1e-12)
         # the recorded ECE is the calibrated one
         assert metrics[split]["ece"] == pytest.approx(record["splits"][split]["ece_after"], abs=1e-12)
+    # the model card names the temperature and the class whose recall the sensitivity is
+    card = (calibrated_run / "MODEL_CARD.md").read_text()
+    assert "after temperature scaling (T = " in card and "sensitivity (malignant)" in card
     # predict applies the same temperature to the same images
     p = Predictor(calibrated_run)
     assert p.temperature == t

@@ -92,7 +92,10 @@ def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -
                       else (0.5 if spec.task == "binary" else None),
                       "chosen_on": threshold.get("chosen_on"), "default": threshold.get("default")}
         if spec.task == "binary" else None,
-        "at_youden": test.get("at_youden"),
+        "at_youden": {k: v for k, v in (test.get("at_youden") or {}).items() if k != "class_of"} or None,
+        "class_of": test.get("class_of"),  # binary: whose recall sensitivity and specificity are
+        "warnings": metrics.get("warnings") or [],
+        "calibration": metrics.get("calibration"),
         "training": {k: getattr(cfg, k) for k in CONFIG_SHOWN},
         "provenance": {k: provenance.get(k) for k in ("medbench", "torch", "data_source", "data_md5", "device",
                                                        "started") if provenance.get(k) is not None},
@@ -126,7 +129,9 @@ def card_markdown(card: dict) -> str:
              f"(md5 {card['provenance'].get('data_md5', 'n/a')})",
              f"- {'Labels' if card['task'] == 'multilabel' else 'Classes'} ({len(card['classes'])}): "
              + ", ".join(f"`{c}`" for c in card["classes"]), ""]
-    lines += ["## Metrics", "", "| split | n | " + " | ".join(k for k in SHOWN) + " |",
+    named = card.get("class_of") or {}
+    lines += ["## Metrics", "", "| split | n | " + " | ".join(f"{k} ({named[k]})" if k in named else k
+                                                             for k in SHOWN) + " |",
               "|---|---|" + "---|" * len(SHOWN)]
     for s, rec in card["metrics"].items():
         lines.append(f"| {s} | {rec.get('n', 'n/a')} | " + " | ".join(_fmt(rec.get(k)) for k in SHOWN) + " |")
@@ -150,7 +155,10 @@ def card_markdown(card: dict) -> str:
               "## Limitations", "",
               "- Metrics are from one held-out test split; the CIs cover test-set sampling, not other sites or "
               "shifts.",
-              f"- Calibration (ECE on test): {_fmt(test.get('ece'))}.",
+              f"- Calibration (ECE on test): {_fmt(test.get('ece'))}"
+              + (f", after temperature scaling (T = {_fmt(card['calibration'].get('temperature'))}, fitted on val)."
+                 if card.get("calibration") else "."),
+              *[f"- Warning: {w}" for w in card.get("warnings") or []],
               "- Low-resolution inputs drop detail a specialist would use.", "",
               "## Use", "", "```", "medbench predict RUN_DIR images/ --out predictions.csv [--cam cams/]",
               "medbench serve RUN_DIR", "medbench export RUN_DIR --format onnx", "```", ""]
