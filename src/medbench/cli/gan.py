@@ -21,7 +21,8 @@ def add_gan(sub, common) -> None:
     g.add_argument("--checkpoints", type=int_in(0, 1000), default=5,
                    help="evenly spaced saves with a sample grid (default 5)")
     g.add_argument("--judge-epochs", type=int_in(0, 100_000), default=10,
-                   help="epochs of the real-data classifier behind the quality summary (0: skip it)")
+                   help="epochs of the real-data classifier behind the quality check (0: skip it; train "
+                        "--synthetic then needs --synthetic-force)")
     g.add_argument("--seed", type=SEED, default=0)
     g.add_argument("--device", type=device, default="auto")
     g = gsub.add_parser("sample", parents=[common], help="write generated images and labels to an npz")
@@ -37,13 +38,17 @@ def cmd_gan(args) -> None:
     if args.gan_command == "sample":
         info = sample_to_npz(args.generator, args.per_class, args.out, seed=args.seed)
         print(f"wrote {info['path']}: {info['n']} images ({args.per_class} per class: {', '.join(info['classes'])}), "
-              f"{info['channels']} x {info['size']} px, keys train_images / train_labels")
+              f"{info['channels']} x {info['size']} px, keys train_images / train_labels"
+              + ("" if info.get("quality") else "; no quality.json for this generator: train --synthetic will need "
+                 "--synthetic-force"))
         return
     res = train_gan(args.dataset, args.out, size=args.size, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, seed=args.seed, device=args.device, checkpoints=args.checkpoints,
                     judge_epochs=args.judge_epochs, data_dir=args.data_dir, quiet=args.quiet)
     q = res["quality"]
     tail = "" if q is None else (f"; generated images classified as intended: {q['generated_as_intended_mean']:.3f} "
-                                 f"(judge test acc {q['judge']['test_acc']:.3f}, quality.json)")
+                                 f"(judge test acc {q['judge']['test_acc']:.3f}, quality.json)"
+                                 + ("" if q["bar"]["passed"] else f"; BELOW the quality bar {q['bar']['value']:.3f}: "
+                                    f"train --synthetic refuses it unless --synthetic-force"))
     print(f"generator in {res['generator']} after {res['epochs']} epochs ({res['seconds']:.0f} s); samples/, "
           f"losses.csv{tail}")
