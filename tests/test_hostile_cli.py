@@ -65,7 +65,7 @@ def _train(env, *args) -> list:
             "--out", env.tmp / "new-run", *args]
 
 
-NOT_JSON = "delete it and run `medbench evaluate"
+NOT_JSON = "run `medbench evaluate"
 # id -> (argv maker, fragments of the one line); the maker returns argv and the folder that must stay unchanged
 ROWS = {
     # models --info: sizes that would allocate tens of GB, or nothing at all
@@ -146,7 +146,7 @@ ROWS = {
     "compare-bootstrap-huge": (lambda e: ["compare", e.run, e.run, "--bootstrap", str(10 ** 8)],
                                ["--bootstrap: must be from 1 to 100000"]),
     "compare-predictions-damaged": (lambda e: ["compare", e.run, e.damaged("predictions/test.csv", "a,b\nc\n")],
-                                    ["predictions/test.csv: damaged predictions", "to rewrite it"]),
+                                    ["predictions/test.csv: damaged predictions", "for fresh predictions in"]),
     "compare-predictions-nan": (lambda e: ["compare", e.run, e.damaged("predictions/test.csv", "0,nan,nan\n")],
                                 ["predictions/test.csv: damaged predictions (expected an index and finite scores"]),
     "compare-metrics-not-json": (lambda e: ["compare", e.run, e.damaged("metrics.json", "{")],

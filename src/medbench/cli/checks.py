@@ -11,7 +11,8 @@ from medbench.rundir import CARD_JSON, CHECKPOINT_INDEX, CHECKPOINTS, CONFIG, DA
 # a run directory's JSON files: what to do when one is damaged
 _INDEX = f"{CHECKPOINTS}/{CHECKPOINT_INDEX}"
 _RUN_JSON = {
-    METRICS: "delete it and run `medbench evaluate {run}` to recompute it",
+    METRICS: "restore it from a backup, or run `medbench evaluate {run}` for a fresh evaluation in "
+             "{run}/evaluations/NAME",
     DATA_SPEC: "delete it: medbench rebuilds it from the run's dataset",
     _INDEX: "restore it from a backup, or evaluate without --ensemble",
     CARD_JSON: "run `medbench card {run}` to rewrite it",
