@@ -36,10 +36,11 @@ def test_ddp_trains_and_evaluation_is_identical_with_one_or_two_processes(tmp_pa
     assert "world_size: 2" in (run / "config.yaml").read_text()
     assert ("memory_budget: 0.0" in (run / "config.yaml").read_text()) == bool(budget)  # evaluate streams too
     trained = json.loads((run / "metrics.json").read_text())
-    assert trained["test"]["n"] == 156 and len((run / "predictions" / "test.csv").read_text().splitlines()) == 156
+    assert trained["test"]["n"] == 156 and len((run / "predictions" / "test.csv").read_text().splitlines()) == 1 + 156
     one = subprocess.run([sys.executable, "-m", "medbench", "evaluate", "D", "--json", "--quiet"], cwd=tmp_path,
                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert one.returncode == 0, one.stderr
     two = _torchrun(2, "evaluate", "D", "--json", "--quiet", cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads(one.stdout) == json.loads(two.stdout) == trained
+    assert sorted(p.name for p in (run / "evaluations").iterdir()) == ["plain", "plain-2"]  # neither overwritten
