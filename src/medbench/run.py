@@ -39,6 +39,7 @@ from medbench.rundir import (
     read_metrics,
     read_predictions,
 )
+from medbench.tracking import open_tracker
 from medbench.training import fit_baseline, provenance, start_run_dir, train_network
 
 __all__ = ["train", "evaluate"]
@@ -46,7 +47,8 @@ __all__ = ["train", "evaluate"]
 
 def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None, quiet: bool = False,
           dataset: ImageDataset | None = None, on_epoch: Callable[[dict], bool] | None = None,
-          report: bool = True, resume: bool = False) -> Path:
+          report: bool = True, resume: bool = False, track: str | None = None,
+          experiment: str | None = None) -> Path:
     """Train one run into ``out`` and evaluate its best epoch on every split. Returns the run directory.
 
     ``dataset`` lets library users pass an :class:`ImageDataset` they built; otherwise ``config.dataset``
@@ -57,6 +59,9 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
     After every epoch the full training state goes to ``out/resume.safetensors``; ``resume=True`` continues a
     killed run from it (``config`` must be the run's own config.yaml) and, with ``deterministic``, ends with
     exactly the metrics of an uninterrupted run.
+
+    ``track``: ``mlflow`` or ``mlflow:URI`` sends the run to MLflow (:mod:`medbench.tracking`), in the experiment
+    ``experiment`` (a study's or a tune's name).
     """
     cfg = config if isinstance(config, RunConfig) else resolve_config(dict(config))
     out = Path(out)
@@ -69,23 +74,28 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
         claim_new(out, "run", CONFIG, resumable=True)
     dist, device = distributed.setup(resolve_device(cfg.device))
     dist.barrier()  # every rank has checked ``out`` before rank 0 writes into it
-    with locked(out, "medbench train") if dist.is_main else contextlib.nullcontext():
+    with locked(out, "medbench train") if dist.is_main else contextlib.nullcontext(), \
+            open_tracker(track, cfg, out, experiment, enabled=dist.is_main) as tracker:
         if not resume and dist.is_main:
             claim_new(out, "run", CONFIG, resumable=True)  # again under the lock: another writer may have finished
         quiet = quiet or not dist.is_main
         seed_everything(cfg.seed, cfg.deterministic)
         ds = dataset_or_build(cfg, dataset, data_dir, quiet)
         if is_baseline(cfg.model):
-            return _baseline_run(cfg, out, ds, data_dir=data_dir, quiet=quiet, report=report)
-        if cfg.members > 1:
-            return _ensemble_run(cfg, out, ds, dist, data_dir=data_dir, quiet=quiet, report=report, resume=resume)
-        return _network_run(cfg, out, ds, dist, device, data_dir=data_dir, quiet=quiet, report=report,
-                            on_epoch=on_epoch, resume=resume)
+            _baseline_run(cfg, out, ds, data_dir=data_dir, quiet=quiet, report=report)
+        elif cfg.members > 1:
+            _ensemble_run(cfg, out, ds, dist, data_dir=data_dir, quiet=quiet, report=report, resume=resume)
+        else:
+            _network_run(cfg, out, ds, dist, device, data_dir=data_dir, quiet=quiet, report=report,
+                         on_epoch=on_epoch, resume=resume, tracker=tracker)
+        tracker.run_end(out)
+        return out
 
 
 def _network_run(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device, *, data_dir, quiet: bool, report: bool,
-                 on_epoch, resume: bool) -> Path:
-    task, state = train_network(cfg, out, ds, dist, device, quiet=quiet, on_epoch=on_epoch, resume=resume)
+                 on_epoch, resume: bool, tracker=None) -> Path:
+    task, state = train_network(cfg, out, ds, dist, device, quiet=quiet, on_epoch=on_epoch, resume=resume,
+                                handlers=[tracker] if tracker is not None else [])
     dist.barrier()  # rank 0 has written the best weights
     metrics = evaluate_locked(out, data_dir=data_dir, quiet=quiet, dataset=ds)
     if dist.is_main:

@@ -37,6 +37,7 @@ from medbench.engine import (
     train_one_epoch,
 )
 from medbench.errors import MedbenchError
+from medbench.estimate import announce
 from medbench.fileio import write_json, write_text
 from medbench.gan.synthetic import synthetic_split
 from medbench.handlers import Checkpointing, ConsoleLog, TensorBoard, last_good_state
@@ -220,19 +221,24 @@ def start_or_restore(loop: Loop, ds: ImageDataset, resume: bool, quiet: bool) ->
 
 
 def train_network(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.device, *, quiet: bool,
-                  on_epoch: Callable[[dict], bool] | None = None, resume: bool = False) -> tuple[Task, State]:
-    """Train one network into ``out`` (config, weights, history, checkpoints, resume state, TensorBoard)."""
+                  on_epoch: Callable[[dict], bool] | None = None, resume: bool = False,
+                  handlers: list | None = None) -> tuple[Task, State]:
+    """Train one network into ``out`` (config, weights, history, checkpoints, resume state, TensorBoard).
+
+    ``handlers``: more per-epoch handlers (e.g. a tracker of :mod:`medbench.tracking`), run after the built-in ones.
+    """
     loop = build_loop(cfg, out, ds, dist, device)
     state = start_or_restore(loop, ds, resume, quiet)
+    announce(loop, quiet or not dist.is_main)
     tb = TensorBoard(out / TENSORBOARD, enabled=dist.is_main)
     state.t0 = time.perf_counter() - state.train_seconds
     try:
         with progress_bar(f"{cfg.model} on {ds.name}", total=(cfg.epochs - state.start + 1) * loop.steps,
                           enabled=not quiet) as bar, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
-            handlers = [tb, Checkpointing(), ConsoleLog(bar, quiet)]
+            every = [tb, Checkpointing(), ConsoleLog(bar, quiet), *(handlers or [])]
             for epoch in range(state.start, cfg.epochs + 1):
                 row = run_epoch(loop, state, epoch, bar)
-                for h in handlers:
+                for h in every:
                     h.epoch_end(loop, state, row)
                 state.train_seconds = time.perf_counter() - state.t0  # training and validation so far
                 if on_epoch is not None and on_epoch({**row, "best_epoch": state.best_epoch, "is_best": state.is_best,

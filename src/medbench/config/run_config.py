@@ -61,6 +61,13 @@ class RunConfig(BaseModel):
                   "'(person\\d+)_'", group="own data", metavar="REGEX")
     split_seed: int = setting(0, doc="seed of drawn splits (fixed across training seeds)", group="own data",
                               ge=0, lt=SEED_LIMIT)
+    folds: int = setting(1, doc="k-fold cross-validation: K ordinary runs in RUN/folds/NN (stratified, grouped by "
+                                "--group-regex; MedMNIST: over train+val, the official test split kept aside), "
+                                "then the CV summary, out-of-fold predictions and the fold ensemble's test metrics; "
+                                "1 = off", group="data", metavar="K", ge=1, le=100)
+    fold: int | None = setting(None, doc="the one fold (0..K-1) of --folds K this run trains: its val split is that "
+                                         "fold, its train split the others (set on each run of a CV)",
+                               group="data", metavar="I", shown_default="none: all folds", ge=0, lt=100)
     skip_bad: bool = setting(False, doc="leave unreadable files out (listed in RUN_DIR/skipped.json)",
                              group="own data")
     allow_outside_root: bool = setting(False, doc="csv: allow image paths outside the CSV's folder",
@@ -100,6 +107,15 @@ class RunConfig(BaseModel):
         group="model", shown_default="the model's", ge=0, lt=1)
     ordinal_loss: Literal["ce", "corn"] = setting("ce", doc="ordinal tasks: ce (the benchmark's) or corn",
                                                   group="model")
+    loss: Literal["ce", "focal"] = setting(
+        "ce", doc="training loss: cross-entropy (BCE for multi-label) or focal loss (Lin et al.: down-weights easy "
+                  "examples by (1 - p_t)^gamma)", group="model")
+    focal_gamma: float = setting(2.0, doc="focal: the focusing parameter gamma (0 = cross-entropy)", group="model",
+                                 metavar="G", ge=0, le=20)
+    class_weights: str | list[float] = setting(
+        "none", doc="loss weights per class (multi-label: positive weight per label): none, balanced (inverse "
+                    "frequency in train; multi-label: negatives/positives) or W1,W2,...", group="model",
+        metavar="none|balanced|W[,W]")
     label_smoothing: float = setting(0.0, doc="label smoothing of the cross-entropy loss", group="model",
                                      ge=0, lt=1)
     # augmentation and synthetic data: the training split only
@@ -145,6 +161,13 @@ class RunConfig(BaseModel):
     ema: float = setting(0.0, doc="weight EMA decay per optimiser step, e.g. 0.998; the averaged weights are "
                                   "validated, selected and saved; 0 = off", group="optimisation", metavar="DECAY",
                          ge=0, lt=1)
+    sampler: Literal["shuffle", "balanced"] = setting(
+        "shuffle", doc="training batches: a shuffle of train, or drawn with replacement at inverse class frequency "
+                       "(each class equally often; multi-label: by each image's rarest positive label)",
+        group="optimisation")
+    patience: int = setting(0, doc="stop when the selection metric has not improved for N epochs (0 = never); "
+                                   "recorded in history and the report", group="optimisation", metavar="N",
+                            ge=0, le=100_000)
     select_metric: Literal["auc", "acc", "loss"] = setting("auc", doc="validation metric that picks the epoch",
                                                            group="optimisation")
     # evaluation of the finished run (`medbench evaluate` flags override them)
@@ -217,6 +240,30 @@ class RunConfig(BaseModel):
             raise ValueError("every milestone must be a fraction of training strictly between 0 and 1, "
                              "e.g. [0.5, 0.75]")
         return v
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _weights_form(cls, v):
+        """'none', 'balanced', or positive finite weights (a list, or 'W1,W2,...' from a flag)."""
+        if isinstance(v, str) and v.strip() in ("none", "balanced"):
+            return v.strip()
+        if isinstance(v, str):
+            try:
+                v = [float(x) for x in v.split(",")]
+            except ValueError:
+                raise ValueError(f"class_weights {v!r}: none, balanced or comma-separated numbers, e.g. 1,19") \
+                    from None
+        if not isinstance(v, list) or not v or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                   or not (0 < x < float("inf")) for x in v):
+            raise ValueError(f"class_weights {v!r}: none, balanced or positive finite numbers, one per class")
+        return [float(x) for x in v]
+
+    @model_validator(mode="after")
+    def _fold_of_folds(self):
+        if self.fold is not None and (self.folds < 2 or self.fold >= self.folds):
+            raise ValueError(f"fold {self.fold} needs folds K > fold (got folds {self.folds}): e.g. --folds 5 "
+                             f"--fold {self.fold}")
+        return self
 
     @field_validator("subgroup_regex")
     @classmethod

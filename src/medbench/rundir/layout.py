@@ -17,6 +17,9 @@ A run directory (made by ``medbench train``)::
     MODEL_CARD.md, model_card.json, report.html, tb/, leakage.json, skipped.json
     checkpoints/           --keep-checkpoints: the K best epochs and index.json
     members/NN/            --members: one ordinary run directory per network
+    folds/NN/              --folds K: one ordinary run directory per fold (its val split = that fold)
+    cv.json                --folds K: per-fold and mean +- sd metrics, the pooled out-of-fold metrics with CIs
+                           (out-of-fold scores: predictions/oof.csv); metrics.json holds the fold ensemble's
     resume.safetensors     while training: the state to continue from (removed when the run finishes)
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ CONFIG, WEIGHTS, METRICS, HISTORY = "config.yaml", "model.safetensors", "metrics
 DATA_SPEC = "dataset.json"
 PREDICTIONS = "predictions"
 CHECKPOINTS, CHECKPOINT_INDEX, MEMBERS = "checkpoints", "index.json", "members"
+FOLDS, CV_SUMMARY, OOF_SPLIT = "folds", "cv.json", "oof"  # OOF_SPLIT: predictions/oof.csv
 RESUME = "resume.safetensors"  # the last saved training state; removed when the run finishes
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
 REPORT = "report.html"
@@ -66,3 +70,8 @@ def require_run_dir(run_dir: str | os.PathLike, command: str = "this command") -
 def member_dirs(run_dir: str | os.PathLike, members: int) -> list[Path]:
     """The run directories of a deep ensemble's members (``members/00`` ...); empty for one network."""
     return [Path(run_dir) / MEMBERS / f"{i:02d}" for i in range(members)] if members > 1 else []
+
+
+def fold_dirs(run_dir: str | os.PathLike, folds: int) -> list[Path]:
+    """The run directories of a cross-validation's folds (``folds/00`` ...); empty without --folds."""
+    return [Path(run_dir) / FOLDS / f"{i:02d}" for i in range(folds)] if folds > 1 else []

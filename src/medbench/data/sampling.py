@@ -1,0 +1,1 @@
+"""(issue 22: being built)"""
