@@ -28,7 +28,7 @@ def estimate_config(cfg, *, data_dir=None, dataset=None, device=None, budget_s: 
     raise NotImplementedError
 
 
-def announce(loop, quiet: bool) -> Estimate | None:
-    """Before the first epoch: measure, print the estimate (and point a long CPU run at the ``fast`` recipe);
+def announce(loop, quiet: bool, first_epoch: int = 1) -> Estimate | None:
+    """Before the first epoch (``first_epoch`` > 1: a resumed run, the epochs left): measure, print the estimate (and point a long CPU run at the ``fast`` recipe);
     None when ``quiet``."""
     return None

@@ -229,7 +229,7 @@ def train_network(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: tor
     """
     loop = build_loop(cfg, out, ds, dist, device)
     state = start_or_restore(loop, ds, resume, quiet)
-    announce(loop, quiet or not dist.is_main)
+    announce(loop, quiet or not dist.is_main, first_epoch=state.start)
     tb = TensorBoard(out / TENSORBOARD, enabled=dist.is_main)
     state.t0 = time.perf_counter() - state.train_seconds
     try:
