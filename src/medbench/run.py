@@ -7,6 +7,7 @@ model card and the report, and removes the resume state once everything is final
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,9 @@ from medbench.baselines import is_baseline
 from medbench.build import dataset_or_build
 from medbench.card import write_model_card
 from medbench.config import RunConfig, resolve_config
+from medbench.crossval import write_cv_record
 from medbench.data import ImageDataset
+from medbench.data.folds import fold_dataset, fold_of_config, make_pool
 from medbench.engine import resolve_device, seed_everything
 from medbench.errors import MedbenchError
 from medbench.evaluation import evaluate, evaluate_locked
@@ -28,11 +31,13 @@ from medbench.report import write_run_report
 from medbench.report.figures import confusion_figure, roc_figure
 from medbench.rundir import (
     CONFIG,
+    CV_SUMMARY,
     HISTORY,
     METRICS,
     RESUME,
     TENSORBOARD,
     claim_new,
+    fold_dirs,
     locked,
     member_dirs,
     predictions_path,
@@ -80,8 +85,11 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
             claim_new(out, "run", CONFIG, resumable=True)  # again under the lock: another writer may have finished
         quiet = quiet or not dist.is_main
         seed_everything(cfg.seed, cfg.deterministic)
-        ds = dataset_or_build(cfg, dataset, data_dir, quiet)
-        if is_baseline(cfg.model):
+        ds = fold_of_config(dataset_or_build(cfg, dataset, data_dir, quiet), cfg)  # a fold run: its fold's view
+        if cfg.folds > 1 and cfg.fold is None:
+            _cv_run(cfg, out, ds, dist, data_dir=data_dir, quiet=quiet, report=report, resume=resume,
+                    on_epoch=on_epoch)
+        elif is_baseline(cfg.model):
             _baseline_run(cfg, out, ds, data_dir=data_dir, quiet=quiet, report=report)
         elif cfg.members > 1:
             _ensemble_run(cfg, out, ds, dist, data_dir=data_dir, quiet=quiet, report=report, resume=resume)
@@ -136,6 +144,50 @@ def _ensemble_run(cfg: RunConfig, out: Path, ds: ImageDataset, dist, *, data_dir
         console.print(f"ensemble of {cfg.members}: test auc {fmt(metrics['test']['auc'])} acc "
                       f"{fmt(metrics['test']['acc'])}; {time.perf_counter() - t0:.0f} s")
     return out
+
+
+def _cv_run(cfg: RunConfig, out: Path, ds: ImageDataset, dist, *, data_dir, quiet: bool, report: bool,
+            resume: bool, on_epoch) -> Path:
+    """K-fold cross-validation: ``cfg.folds`` ordinary runs (``fold`` 0..K-1: val = that fold of the pooled
+    train+val) in ``folds/NN``, then the CV record (:mod:`medbench.crossval`). Resuming skips finished folds and
+    resumes a killed one from its resume state."""
+    if resume and (out / CV_SUMMARY).is_file() and (out / METRICS).is_file():
+        raise MedbenchError(f"{out}: nothing to resume: the cross-validation already finished ({CV_SUMMARY} written)")
+    pool = make_pool(ds, cfg.folds, cfg.split_seed, cfg.group_regex)  # a refused split fails before any training
+    if dist.is_main and not resume:
+        start_run_dir(out, cfg, ds, provenance(ds), quiet)
+    t0 = time.perf_counter()
+    for i, fold_dir in enumerate(fold_dirs(out, cfg.folds)):
+        again = (fold_dir / RESUME).is_file()
+        if (fold_dir / METRICS).is_file() and not again:
+            continue  # finished
+        if not again and (fold_dir / CONFIG).is_file() and dist.is_main:
+            shutil.rmtree(fold_dir)  # killed before its first saved state: nothing to continue from
+        dist.barrier()
+        fold_cfg = cfg.model_copy(update={"fold": i})
+        fold_ds = fold_dataset(ds, cfg.folds, i, cfg.split_seed, cfg.group_regex)
+        if not quiet:
+            console.print(f"fold {i + 1}/{cfg.folds}{' (resumed)' if again else ''}: train {len(fold_ds['train'])}, "
+                          f"val {len(fold_ds['val'])} -> {fold_dir}")
+        hook = None if on_epoch is None else (lambda row, i=i: on_epoch({**row, "fold": i}))
+        train(fold_cfg, fold_dir, data_dir=data_dir, quiet=quiet, dataset=fold_ds, report=False, resume=again,
+              on_epoch=hook)
+        del fold_ds
+    dist.barrier()
+    if dist.is_main:
+        metrics = write_cv_record(out, cfg, ds, pool)
+        _card_and_report(out, ds, data_dir=data_dir, quiet=quiet, report=report)
+        if not quiet:
+            cv = metrics["val"]
+            console.print(f"{cfg.folds}-fold CV: out-of-fold auc {fmt(cv['auc'])} "
+                          f"{_ci_text(cv.get('auc_ci'))}; fold ensemble test auc {fmt(metrics['test']['auc'])} acc "
+                          f"{fmt(metrics['test']['acc'])}; {time.perf_counter() - t0:.0f} s; {out / CV_SUMMARY}")
+    dist.barrier()
+    return out
+
+
+def _ci_text(ci) -> str:
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
 
 
 def _baseline_run(cfg: RunConfig, out: Path, ds: ImageDataset, *, data_dir, quiet: bool, report: bool) -> Path:

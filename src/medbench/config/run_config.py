@@ -263,6 +263,12 @@ class RunConfig(BaseModel):
         if self.fold is not None and (self.folds < 2 or self.fold >= self.folds):
             raise ValueError(f"fold {self.fold} needs folds K > fold (got folds {self.folds}): e.g. --folds 5 "
                              f"--fold {self.fold}")
+        if self.folds > 1 and self.members > 1:
+            raise ValueError(f"folds {self.folds} with members {self.members} is not supported (a fold ensemble is "
+                             f"made already: metrics.json's test averages the {self.folds} fold models); drop one")
+        if self.folds > 1 and self.val_from_train > 0:
+            raise ValueError(f"val_from_train {self.val_from_train} has no effect with folds {self.folds} (train "
+                             f"and val are pooled, each fold is val in turn); drop it")
         return self
 
     @field_validator("subgroup_regex")

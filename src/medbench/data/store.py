@@ -200,6 +200,49 @@ def cat_images(first, second):
     return CatImages(first, second)
 
 
+class IndexedImages:
+    """Rows ``index`` of an image source read as indexed (a store, :class:`CatImages`), itself indexed like a
+    tensor: a cross-validation fold's view of pooled splits, read only where used."""
+
+    dtype = torch.uint8
+    device = torch.device("cpu")
+    ndim = 4
+
+    def __init__(self, source, index):
+        self.source, self.index = source, np.asarray(index, dtype=np.int64).reshape(-1)
+        self.shape = torch.Size((len(self.index), *source.shape[1:]))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.take([int(key)])[0]
+        if isinstance(key, slice):
+            return self.take(range(*key.indices(len(self))))
+        if torch.is_tensor(key) and key.dtype == torch.bool:
+            key = key.nonzero().flatten()
+        return self.take(key)
+
+    def take(self, idx, pin: bool = False) -> torch.Tensor:
+        idx = np.asarray(idx.cpu() if torch.is_tensor(idx) else idx, dtype=np.int64).reshape(-1)
+        return gather(self.source, torch.as_tensor(self.index[idx]), pin=pin)
+
+    def to(self, device=None, *args, **kwargs) -> torch.Tensor:
+        return self.take(range(len(self))).to(device, *args, **kwargs)
+
+
+def select_rows(images, index):
+    """Rows ``index`` of ``images``: a new tensor when held in memory, else an :class:`IndexedImages` view."""
+    if torch.is_tensor(images):
+        return images[torch.as_tensor(np.asarray(index, dtype=np.int64), device=images.device)]
+    return IndexedImages(images, index)
+
+
 def on_disk(images) -> bool:
     """Whether ``images`` are read from disk as indexed (not a tensor held in memory)."""
     return not torch.is_tensor(images)

@@ -6,7 +6,9 @@ label(s), its scores) and the MedMNIST evaluator's own file (``predictions/medmn
     index,item,true,decided,p:<class>...                       single-label (true / decided: class names)
     index,item,true:<label>...,decided:<label>...,p:<label>...  multi-label (0/1; true -1 where masked)
 
-``item`` is the MedMNIST index as text, or the image's path relative to the data root (folder / CSV data). Runs
+``item`` is the MedMNIST index as text, or the image's path relative to the data root (folder / CSV data). A
+cross-validation's ``oof.csv`` has a ``fold`` column after ``item`` (the fold whose model scored the image; items
+of pooled MedMNIST splits read ``train/INDEX`` / ``val/INDEX``). Runs
 made before the header existed wrote ``index,score...`` rows without one: they still load (scores only).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from medbench.fileio import write_text
 from medbench.rundir.layout import EVALUATIONS, MEDMNIST_EXPORT
 
 FIRST = ("index", "item")
+FOLD = "fold"
 
 
 @dataclass
@@ -36,6 +39,7 @@ class PredictionTable:
     decided: np.ndarray | None  # [N] class indices, or [N, L] 0/1
     scores: np.ndarray  # [N, C] float64
     class_names: list[str] | None
+    folds: np.ndarray | None = None  # [N] the fold of each row (a cross-validation's oof.csv), else None
 
     @property
     def multilabel(self) -> bool:
@@ -43,24 +47,28 @@ class PredictionTable:
 
 
 def write_prediction_table(path: Path, items: list[str], labels: np.ndarray, decided: np.ndarray,
-                           scores: np.ndarray, class_names: list[str], multilabel: bool) -> None:
-    """Write one split's table (the csv module quotes paths holding commas or quotes; scores exact, %.17g)."""
+                           scores: np.ndarray, class_names: list[str], multilabel: bool,
+                           folds: np.ndarray | None = None) -> None:
+    """Write one split's table (the csv module quotes paths holding commas or quotes; scores exact, %.17g);
+    ``folds``: a ``fold`` column after ``item`` (out-of-fold predictions)."""
     names = [str(c) for c in class_names]
     labels = np.asarray(labels).reshape(len(scores), -1)
     decided = np.asarray(decided).reshape(len(scores), -1)
     if len(items) != len(scores):
         raise ValueError(f"{len(items)} items for {len(scores)} rows of scores")
+    first = [*FIRST, FOLD] if folds is not None else list(FIRST)
     if multilabel:
-        header = [*FIRST, *(f"true:{n}" for n in names), *(f"decided:{n}" for n in names)]
+        header = [*first, *(f"true:{n}" for n in names), *(f"decided:{n}" for n in names)]
     else:
-        header = [*FIRST, "true", "decided"]
+        header = [*first, "true", "decided"]
     header += [f"p:{n}" for n in names]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     for i, (item, y, d, s) in enumerate(zip(items, labels.tolist(), decided.tolist(), scores.tolist())):
         marks = [*y, *d] if multilabel else [names[y[0]], names[d[0]]]
-        w.writerow([i, item, *marks, *(f"{v:.17g}" for v in s)])
+        fold = [int(folds[i])] if folds is not None else []
+        w.writerow([i, item, *fold, *marks, *(f"{v:.17g}" for v in s)])
     write_text(path, buf.getvalue())
 
 
@@ -133,6 +141,10 @@ def _parse_table(path: Path, rows: list[list[str]], fix: str) -> PredictionTable
     header, body = rows[0], [r for r in rows[1:] if r]
     names = [h[2:] for h in header if h.startswith("p:")]
     multilabel = "true" not in header
+    has_fold = len(header) > 2 and header[2] == FOLD
+    if has_fold:  # read as an ordinary table, the fold column kept aside
+        header, folds_col = [*header[:2], *header[3:]], [r[2] if len(r) > 2 else "" for r in body]
+        body = [[*r[:2], *r[3:]] for r in body]
     expect = [*FIRST, *([f"true:{n}" for n in names] + [f"decided:{n}" for n in names] if multilabel
                         else ["true", "decided"]), *(f"p:{n}" for n in names)]
     if not names or header != expect:
@@ -156,9 +168,16 @@ def _parse_table(path: Path, rows: list[list[str]], fix: str) -> PredictionTable
         raise damaged(f"a cell that is not a number or a class name: {e}") from None
     if not np.isfinite(scores).all():
         raise damaged("expected finite scores")
+    folds = None
+    if has_fold:
+        try:
+            folds = np.array(folds_col, dtype=np.int64)
+        except ValueError as e:
+            raise damaged(f"a fold that is not a number: {e}") from None
     order = _order(path, index, fix)
     items = [str(cells[i, 1]) for i in order]
-    return PredictionTable(np.arange(len(order)), items, labels[order], decided[order], scores[order], names)
+    return PredictionTable(np.arange(len(order)), items, labels[order], decided[order], scores[order], names,
+                           None if folds is None else folds[order])
 
 
 # ---- the MedMNIST evaluator's file ----

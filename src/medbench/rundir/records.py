@@ -19,6 +19,7 @@ from medbench.rundir.layout import (
     METRICS,
     RESUME,
     WEIGHTS,
+    fold_dirs,
     member_dirs,
 )
 
@@ -113,9 +114,13 @@ def kept_checkpoints(run_dir: str | os.PathLike, k: int) -> list[Path]:
 
 
 def model_weights(run_dir: str | os.PathLike, cfg, ensemble: int | None = None) -> list[Path]:
-    """The weights files whose probabilities make the run's predictions: a deep ensemble's members, else the
+    """The weights files whose probabilities make the run's predictions: a cross-validation's fold runs' (the fold
+    ensemble), a deep ensemble's members, else the
     ``ensemble`` (default: the config's) best kept checkpoints, else the best epoch."""
     ensemble = cfg.ensemble if ensemble is None else ensemble
+    if getattr(cfg, "folds", 1) > 1 and getattr(cfg, "fold", None) is None:  # a cross-validation: its fold runs'
+        return [w for i, d in enumerate(fold_dirs(run_dir, cfg.folds))
+                for w in model_weights(d, cfg.model_copy(update={"fold": i}), ensemble)]
     if cfg.members > 1:
         return [d / WEIGHTS for d in member_dirs(run_dir, cfg.members)]
     return kept_checkpoints(run_dir, ensemble) if ensemble > 1 else [Path(run_dir) / WEIGHTS]
