@@ -25,10 +25,13 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Job:
-    """What a worker needs to train one run (plain data: it crosses process boundaries)."""
+    """What a worker needs to train one run (plain data: it crosses process boundaries). ``track``: the run's
+    ``--track`` value (:mod:`medbench.tracking`), logged into the MLflow experiment ``experiment``."""
     id: str
     run_dir: str
     config: dict[str, Any]
+    track: str | None = None
+    experiment: str | None = None
 
 
 def available_cpus() -> int:
@@ -52,7 +55,8 @@ def execute_job(store, job: Job, *, report: bool = False, data_dir=None, pid: in
     try:
         if run_dir.exists():  # left by an interrupted attempt: train() refuses an existing run
             shutil.rmtree(run_dir)
-        train(job.config, run_dir, quiet=True, report=report, data_dir=data_dir)
+        train(job.config, run_dir, quiet=True, report=report, data_dir=data_dir, track=job.track,
+              experiment=job.experiment)
         path = run_dir / METRICS
         if not path.is_file():
             raise MedbenchError(f"training returned but {path} is missing")

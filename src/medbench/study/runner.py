@@ -18,6 +18,7 @@ from medbench.rundir import claim
 from medbench.study.executor import Job, run_jobs
 from medbench.study.grid import Study, canonical_json, load_study
 from medbench.study.store import DB_NAME, Store, default_url
+from medbench.tracking import check_track
 
 RUNS_DIR = "runs"
 RESULTS = "results.csv"
@@ -32,12 +33,14 @@ def _study(study: Study | str | os.PathLike) -> Study:
 def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 1,
               db_url: str | None = None, executor: str = "local", quiet: bool = True, report: bool | None = None,
               data_dir=None, address: str | None = None, cpus_per_run: float | None = None,
-              gpus_per_run: float | None = None) -> dict[str, int]:
+              gpus_per_run: float | None = None, track: str | None = None) -> dict[str, int]:
     """Train every run of ``study`` that is not done yet into ``out_dir/runs/<id>/``; returns the study's counts.
 
     ``db_url``: the results store (default ``sqlite:///OUT_DIR/study.db``). ``report``: write each run's
     report.html (default: the study file's ``report``, else False). ``executor``: ``local`` or ``ray``
     (``address``, ``cpus_per_run``, ``gpus_per_run``: see :func:`medbench.study.executor.run_ray`).
+    ``track``: ``mlflow`` or ``mlflow:URI`` logs every run into the MLflow experiment named after the study
+    (:mod:`medbench.tracking`; the store is checked once, before any run starts).
     Writes ``out_dir/results.csv`` and the study report (``report.html``, ``results.md``, ``summary.json``;
     :func:`medbench.study.report.write_study_report`).
     """
@@ -48,12 +51,15 @@ def run_study(study: Study | str | os.PathLike, out_dir: str | os.PathLike, *, w
     if workers < 1:
         raise MedbenchError(f"--workers must be >= 1 (got {workers})")
     study = _study(study)
+    if track:  # checked now, not by each run; every worker (a Ray node too) gets the same resolved URI
+        track = f"mlflow:{check_track(track)}"
     out_dir = claim(out_dir, "study", ours=(RUNS_DIR, RESULTS, DB_NAME))
     out_dir.mkdir(parents=True, exist_ok=True)
     url = db_url or default_url(out_dir)
     report = bool(study.report) if report is None else report
     runs_dir = (out_dir / RUNS_DIR).resolve()
-    jobs = [Job(r.id, str(runs_dir / r.id), r.config.model_dump()) for r in study.runs]
+    jobs = [Job(r.id, str(runs_dir / r.id), r.config.model_dump(), track, study.name if track else None)
+            for r in study.runs]
     with Store(url) as store:
         store.add({"id": r.id, "study": study.name, "config": canonical_json(r.config),
                    "axes": json.dumps(r.axes, sort_keys=True), "run_dir": str(runs_dir / r.id)}
@@ -150,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data root (default: $MEDBENCH_DATA, else ~/.medmnist)")
     p.add_argument("--report", action="store_const", const=True, default=None,
                    help="write each run's report.html (default: the study file's 'report', else no)")
+    p.add_argument("--track", metavar="mlflow[:URI]",
+                   help="log every run to MLflow, in an experiment named after the study (docs/tracking.md)")
     p.add_argument("--quiet", action="store_true", help="no per-run lines")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = run_study(args.study, args.out, workers=args.workers, db_url=args.db, executor=args.executor,
                            quiet=args.quiet, report=args.report, data_dir=args.data_dir, address=args.address,
-                           cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+                           cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, track=args.track)
     except MedbenchError as e:
         if args.debug:
             raise
