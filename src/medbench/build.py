@@ -13,6 +13,7 @@ from medbench.config import RunConfig
 from medbench.data import ImageDataset, load_dataset
 from medbench.data.loader import Preprocess
 from medbench.errors import MedbenchError
+from medbench.losses import class_weights
 from medbench.models import create_model, model_entry
 from medbench.models.weights import check_fits, imagenet_stats
 from medbench.tasks import Task, make_task
@@ -35,7 +36,24 @@ def dataset_or_build(cfg: RunConfig, dataset: ImageDataset | None, data_dir=None
 
 
 def build_task(cfg: RunConfig, ds) -> Task:
+    """The run's task for scores, decisions and metrics: its loss is the unweighted cross-entropy (metrics.json's
+    ``loss``), whatever the training objective (:func:`build_training_task`)."""
     return make_task(ds.task, ds.num_classes, ordinal_loss=cfg.ordinal_loss, label_smoothing=cfg.label_smoothing)
+
+
+def build_training_task(cfg: RunConfig, ds, train_labels) -> tuple[Task, dict]:
+    """The task with the run's training objective (``loss``, ``focal_gamma``, ``class_weights`` from
+    ``train_labels``: the training split as trained, generated images included), and what config.yaml's provenance
+    records about it: the weights actually used, by class ({} without weights)."""
+    weights = class_weights(cfg.class_weights, ds.task, train_labels, ds.class_names)
+    task = make_task(ds.task, ds.num_classes, ordinal_loss=cfg.ordinal_loss, label_smoothing=cfg.label_smoothing,
+                     loss=cfg.loss, focal_gamma=cfg.focal_gamma, weights=weights)
+    if weights is None:
+        return task, {}
+    how = (f"balanced over {len(train_labels)} training images" if cfg.class_weights == "balanced" else "given")
+    key = "positive_weight_per_label" if ds.task == "multilabel" else "weight_per_class"
+    return task, {"class_weights": {"from": how, key: {str(c): round(w, 6) for c, w in zip(ds.class_names,
+                                                                                           weights)}}}
 
 
 def input_channels(cfg: RunConfig, ds) -> int:

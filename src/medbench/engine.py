@@ -14,6 +14,7 @@ import torch.nn as nn
 from medbench.config import RunConfig
 from medbench.data.dataset import Split
 from medbench.data.loader import Preprocess, iterate_batches
+from medbench.data.sampling import BalancedSampler
 from medbench.distributed import Dist
 from medbench.errors import MedbenchError
 from medbench.models.finetune import freeze_frozen_norms, param_groups
@@ -164,8 +165,12 @@ class WeightEMA:
 def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep: Preprocess,
                     precision: Precision, batch_size: int, generator: torch.Generator, bar=None,
                     dist: Dist = Dist(), augment=None, mix=None, ema: WeightEMA | None = None,
-                    partial: dict | None = None, checkpoint=None, checkpoint_s: float = 600.0) -> dict:
+                    partial: dict | None = None, checkpoint=None, checkpoint_s: float = 600.0,
+                    sampler: BalancedSampler | None = None) -> dict:
     """One pass over ``split``; returns the mean loss and the (augmented, train-mode) scores and labels.
+
+    ``sampler``: the epoch's batches are a class-balanced draw with replacement from ``generator``
+    (:mod:`medbench.data.sampling`), not a shuffle.
 
     ``augment`` maps each uint8 batch to an augmented uint8 batch; ``mix`` (a :class:`medbench.augment.BatchMix`)
     mixes the normalised batch and the loss; ``ema`` is updated after every optimiser step.
@@ -191,8 +196,9 @@ def train_one_epoch(model: nn.Module, task: Task, split: Split, opt, sched, prep
         first_bad.fill_(partial["first_bad"])
         scores, labels = [torch.as_tensor(partial["scores"])], [torch.as_tensor(partial["labels"])]
     start = last_save = time.perf_counter()
+    order = sampler.epoch(generator) if sampler is not None else None  # drawn before skipping: resume sees it too
     batches = iterate_batches(split, batch_size, shuffle=True, generator=generator, device=device,
-                              shard=(dist.rank, dist.world), skip=done)
+                              shard=(dist.rank, dist.world), skip=done, order=order)
     for step, (x, y) in enumerate(batches, start=done + 1):
         if augment is not None:
             x = augment(x)

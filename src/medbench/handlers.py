@@ -10,6 +10,7 @@ from pathlib import Path
 
 from medbench.checkpoint import save_resume, save_weights
 from medbench.fileio import write_csv
+from medbench.metrics.diagnostics import select_epoch
 from medbench.progress import console
 from medbench.rundir import HISTORY, RESUME, WEIGHTS
 
@@ -66,6 +67,22 @@ class ConsoleLog:
             console.print(f"epoch {row['epoch']}/{loop.cfg.epochs}  loss {row['train_loss']:.4f}  val auc "
                           f"{fmt(row['val_auc'])}  acc {fmt(row['val_acc'])}  {row['images_per_s']:.0f} img/s"
                           + ("  *" if state.is_best else ""))
+
+
+def early_stop(history: list[dict], metric: str, patience: int, epochs: int) -> dict | None:
+    """Whether ``--patience`` ends training after the last epoch of ``history``: the epoch the selection rule
+    (:func:`medbench.metrics.diagnostics.prefer`, ties included) picks lies ``patience`` or more epochs back.
+    Returns ``stopped_early``'s record, or None (no patience, not yet, or the last epoch anyway).
+
+    A function of the history alone, so that a resumed run (or a reader of history.csv) reaches the same answer."""
+    if patience <= 0 or not history:
+        return None
+    last, best = int(history[-1]["epoch"]), select_epoch(history, metric)
+    if last >= epochs or last - best < patience:
+        return None
+    return {"epoch": last, "of": epochs, "best_epoch": best, "patience": patience,
+            "reason": f"val {metric} has not improved for {last - best} epochs since epoch {best} "
+                      f"(patience {patience})"}
 
 
 def last_good_state(out: Path, epoch: int) -> str:

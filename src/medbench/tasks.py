@@ -5,13 +5,16 @@ columns, as the MedMNIST benchmark's softmax does), or one per label for multi-l
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-import torch.nn.functional as F
 
 from medbench.errors import MedbenchError
+from medbench.losses import sigmoid_focal, softmax_focal
 
 TASKS = ("binary", "multiclass", "multilabel", "ordinal")
 ORDINAL_LOSSES = ("ce", "corn")
+LOSSES = ("ce", "focal")
 
 
 def decide(scores, task: str, threshold: float = 0.5):
@@ -32,20 +35,37 @@ def decide(scores, task: str, threshold: float = 0.5):
 
 
 class Task:
-    """Single-label classification with softmax cross-entropy (binary, multi-class, ordinal with ``ce``)."""
+    """Single-label classification with softmax cross-entropy (binary, multi-class, ordinal with ``ce``).
 
-    def __init__(self, name: str, num_classes: int, label_smoothing: float = 0.0):
+    The training objective (:mod:`medbench.losses`): ``weights`` one per class (multi-label: the positive weight
+    per label; CORN: per true class), ``gamma`` > 0 the focal loss. Without them the loss is the benchmark's.
+    """
+
+    def __init__(self, name: str, num_classes: int, label_smoothing: float = 0.0,
+                 weights: Sequence[float] | None = None, gamma: float = 0.0):
         self.name = name
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.weights = None if weights is None else torch.tensor([float(w) for w in weights], dtype=torch.float32)
+        self.gamma = float(gamma)
+        self._on: dict = {}
 
     @property
     def num_outputs(self) -> int:
         return self.num_classes
 
+    def _weights(self, device: torch.device) -> torch.Tensor | None:
+        """The weights on ``device`` (copied once per device, not per step)."""
+        if self.weights is None:
+            return None
+        if device not in self._on:
+            self._on[device] = self.weights.to(device)
+        return self._on[device]
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, smoothing: float | None = None) -> torch.Tensor:
         eps = self.label_smoothing if smoothing is None else smoothing
-        return F.cross_entropy(logits.float(), labels[:, 0], label_smoothing=eps)
+        return softmax_focal(logits, labels[:, 0], gamma=self.gamma, weight=self._weights(logits.device),
+                             smoothing=eps)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=1)
@@ -59,13 +79,13 @@ class MultiLabelTask(Task):
     """Independent sigmoid per label, binary cross-entropy; predictions at 0.5 (MedMNIST).
 
     A label of -1 (CheXpert "uncertain" kept by ``--uncertain u-ignore``) is masked out: the loss is the mean
-    over the known entries only.
+    over the known entries only. ``weights`` are positive weights (``pos_weight``), one per label.
     """
 
     def loss(self, logits, labels, smoothing=None):
         eps = self.label_smoothing if smoothing is None else smoothing
         target = labels.float().clamp_min(0) * (1 - eps) + eps / 2
-        per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+        per = sigmoid_focal(logits, target, gamma=self.gamma, pos_weight=self._weights(logits.device))
         known = (labels >= 0).float()  # no branch on the mask: a host sync per step on a GPU
         return (per * known).sum() / known.sum().clamp_min(1)
 
@@ -90,8 +110,11 @@ class CornTask(Task):
         k = torch.arange(self.num_classes - 1, device=logits.device)
         mask = (y >= k).float()  # task k only sees samples that passed threshold k-1
         target = (y > k).float()
-        per = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
-        return (per * mask).sum() / mask.sum().clamp_min(1)
+        per = sigmoid_focal(logits, target, gamma=self.gamma)
+        w = self._weights(logits.device)
+        if w is not None:  # every conditional task of an image weighs as its true class
+            mask = mask * w[y[:, 0]][:, None]
+        return (per * mask).sum() / mask.sum().clamp_min(1e-12 if w is not None else 1)
 
     def scores(self, logits):
         above = torch.cumprod(logits.float().sigmoid(), dim=1)  # P(y > k)
@@ -100,14 +123,22 @@ class CornTask(Task):
         return torch.cat([ones, above], 1) - torch.cat([above, zeros], 1)
 
 
-def make_task(name: str, num_classes: int, *, ordinal_loss: str = "ce", label_smoothing: float = 0.0) -> Task:
+def make_task(name: str, num_classes: int, *, ordinal_loss: str = "ce", label_smoothing: float = 0.0,
+              loss: str = "ce", focal_gamma: float = 2.0, weights: Sequence[float] | None = None) -> Task:
+    """The task ``name`` with its training objective: ``loss`` ce or focal (``focal_gamma``), ``weights`` one per
+    class (multi-label: positive weight per label) or None."""
     if name not in TASKS:
         raise MedbenchError(f"unknown task '{name}'; valid: {', '.join(TASKS)}")
+    if loss not in LOSSES:
+        raise MedbenchError(f"unknown loss '{loss}'; valid: {', '.join(LOSSES)}")
+    if weights is not None and len(weights) != num_classes:
+        raise MedbenchError(f"{len(weights)} class weights for a task of {num_classes} classes or labels")
+    kw = {"weights": weights, "gamma": focal_gamma if loss == "focal" else 0.0}
     if name == "multilabel":
-        return MultiLabelTask(name, num_classes, label_smoothing)
+        return MultiLabelTask(name, num_classes, label_smoothing, **kw)
     if name == "ordinal":
         if ordinal_loss not in ORDINAL_LOSSES:
             raise MedbenchError(f"unknown ordinal loss '{ordinal_loss}'; valid: {', '.join(ORDINAL_LOSSES)}")
         if ordinal_loss == "corn":
-            return CornTask(name, num_classes, label_smoothing)
-    return Task(name, num_classes, label_smoothing)
+            return CornTask(name, num_classes, label_smoothing, **kw)
+    return Task(name, num_classes, label_smoothing, **kw)

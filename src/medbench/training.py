@@ -19,11 +19,12 @@ import torch
 
 from medbench import baselines
 from medbench.augment import BatchMix, build_augment
-from medbench.build import build_model, build_preprocess, build_task, place_model
+from medbench.build import build_model, build_preprocess, build_task, build_training_task, place_model
 from medbench.checkpoint import KeptCheckpoints, load_resume, restore, save_resume
 from medbench.config import RunConfig, dump_config
 from medbench.data import ImageDataset
 from medbench.data.memory import fits_on_device
+from medbench.data.sampling import BalancedSampler
 from medbench.data.splits import leakage_report
 from medbench.data.store import cat_images, on_disk
 from medbench.data.subgroups import subgroup_values_for
@@ -40,12 +41,12 @@ from medbench.errors import MedbenchError
 from medbench.estimate import announce
 from medbench.fileio import write_json, write_text
 from medbench.gan.synthetic import synthetic_split
-from medbench.handlers import Checkpointing, ConsoleLog, TensorBoard, last_good_state
+from medbench.handlers import Checkpointing, ConsoleLog, TensorBoard, early_stop, last_good_state
 from medbench.metrics import acc, auc
 from medbench.metrics.diagnostics import collapse_warning, emit, prefer, selection_value, selection_warnings
 from medbench.metrics.positive import positive_index
 from medbench.progress import console, progress_bar
-from medbench.rundir import CONFIG, LEAKAGE, SKIPPED, TENSORBOARD, write_data_spec
+from medbench.rundir import CONFIG, LEAKAGE, SKIPPED, TENSORBOARD, read_provenance, write_data_spec
 from medbench.tasks import Task
 
 
@@ -126,6 +127,7 @@ class Loop:
     mix: BatchMix
     record: dict  # provenance
     class_names: list = field(default_factory=list)
+    sampler: BalancedSampler | None = None  # --sampler balanced: each epoch's class-balanced draw
 
 
 @dataclass
@@ -143,6 +145,7 @@ class State:
     t0: float = 0.0
     best_collapse: str | None = None  # the selected epoch's validation predictions collapsed to one class
     warnings: list = field(default_factory=list)  # about the selection, once training ended
+    stopped: dict | None = None  # why training ended before the last epoch (--patience, or on_epoch)
 
     def best_row(self) -> dict | None:
         """The history row of the epoch selected so far."""
@@ -179,6 +182,10 @@ def build_loop(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.
         synth_split, synthetic = synthetic_split(cfg, ds, device)
         splits["train"] = type(synth_split)(cat_images(splits["train"].images, synth_split.images),
                                             torch.cat([splits["train"].labels.to(device), synth_split.labels]))
+    # the objective's class weights and the sampler's groups come from the training split as trained
+    train_labels = splits["train"].labels.cpu()
+    task, objective = build_training_task(cfg, ds, train_labels)
+    sampler = BalancedSampler(train_labels, ds.task, ds.class_names) if cfg.sampler == "balanced" else None
     steps = steps_per_epoch(len(splits["train"]), cfg.batch_size, dist.world)
     opt = build_optimizer(cfg, model)
     sched = build_scheduler(cfg, opt, steps)
@@ -190,11 +197,29 @@ def build_loop(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.
                         precision=precision.name, world_size=dist.world,
                         **({"weights_source": model.weights_source} if getattr(model, "weights_source", None)
                            else {}),
-                        **({"synthetic": synthetic} if synthetic else {}))
+                        **({"synthetic": synthetic} if synthetic else {}), **objective)
     chosen = ema.module if ema is not None else model
     return Loop(cfg, out, dist, device, task, model, net, chosen, chosen if ema is not None else net, opt, sched,
                 precision, gen, ema, prep, splits, steps, build_augment(cfg.augment, no_flip=cfg.no_flip),
-                BatchMix(cfg.mixup, cfg.cutmix), record, list(ds.class_names))
+                BatchMix(cfg.mixup, cfg.cutmix), record, list(ds.class_names), sampler)
+
+
+def describe_objective(loop: Loop) -> list[str]:
+    """The console lines about a non-default objective or sampler: the weights actually used, the sampler's
+    groups, and a warning when two corrections of the imbalance are stacked."""
+    cfg, lines = loop.cfg, []
+    weights = loop.record.get("class_weights")
+    if weights:
+        per = next(v for k, v in weights.items() if k != "from")
+        lines.append(f"class weights ({weights['from']}): " + ", ".join(f"{c} {w:.4g}" for c, w in per.items()))
+    if cfg.loss == "focal":
+        lines.append(f"focal loss, gamma {cfg.focal_gamma:g}" + (" (= cross-entropy)" if cfg.focal_gamma == 0 else ""))
+    if loop.sampler is not None:
+        lines.append(loop.sampler.describe())
+        if cfg.class_weights == "balanced":
+            lines.append("[yellow]--sampler balanced and --class-weights balanced both correct the class imbalance: "
+                         "together they over-correct (the rare classes now dominate the loss); use one[/]")
+    return lines
 
 
 def start_or_restore(loop: Loop, ds: ImageDataset, resume: bool, quiet: bool) -> State:
@@ -229,6 +254,11 @@ def train_network(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: tor
     """
     loop = build_loop(cfg, out, ds, dist, device)
     state = start_or_restore(loop, ds, resume, quiet)
+    if not quiet and dist.is_main:
+        for line in describe_objective(loop):
+            console.print(line)
+    # a resumed run whose history already met --patience trains no more (killed after it stopped, before the end)
+    state.stopped = early_stop(state.history, cfg.select_metric, cfg.patience, cfg.epochs)
     announce(loop, quiet or not dist.is_main, first_epoch=state.start)
     tb = TensorBoard(out / TENSORBOARD, enabled=dist.is_main)
     state.t0 = time.perf_counter() - state.train_seconds
@@ -237,21 +267,44 @@ def train_network(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: tor
                           enabled=not quiet) as bar, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             every = [tb, Checkpointing(), ConsoleLog(bar, quiet), *(handlers or [])]
             for epoch in range(state.start, cfg.epochs + 1):
+                if state.stopped:
+                    break
                 row = run_epoch(loop, state, epoch, bar)
                 for h in every:
                     h.epoch_end(loop, state, row)
                 state.train_seconds = time.perf_counter() - state.t0  # training and validation so far
+                state.stopped = early_stop(state.history, cfg.select_metric, cfg.patience, cfg.epochs)
                 if on_epoch is not None and on_epoch({**row, "best_epoch": state.best_epoch, "is_best": state.is_best,
                                                       "model": loop.chosen, "train_seconds": state.train_seconds}):
-                    break
+                    state.stopped = state.stopped or caller_stop(state.history, cfg.epochs)
                 state.t0 = time.perf_counter() - state.train_seconds  # the hook's own time is not the run's
     finally:
         tb.close()
+    if state.stopped and dist.is_main:
+        record_stop(out, cfg, state.stopped)
+        if not quiet:
+            console.print(f"stopped early after epoch {state.stopped['epoch']} of {cfg.epochs}: "
+                          f"{state.stopped['reason']}")
     state.warnings = selection_warnings(state.history, cfg.select_metric, ds["val"].labels.numpy(), loop.task.name,
                                         loop.class_names) + ([state.best_collapse] if state.best_collapse else [])
     if dist.is_main:
         emit(state.warnings)
     return loop.task, state
+
+
+def caller_stop(history: list[dict], epochs: int) -> dict | None:
+    """The record of a stop asked for by ``on_epoch`` (a pruner, a caller's own rule); None after the last epoch."""
+    last = int(history[-1]["epoch"])
+    if last >= epochs:
+        return None
+    return {"epoch": last, "of": epochs, "reason": "the on_epoch callback asked to stop (e.g. a tuner's pruning)"}
+
+
+def record_stop(out: Path, cfg: RunConfig, stopped: dict) -> None:
+    """config.yaml's provenance gains ``stopped_early`` (the report, the card and tracking read it there)."""
+    provenance = read_provenance(out)
+    if provenance.get("stopped_early") != stopped:
+        write_text(out / CONFIG, dump_config(cfg, {**provenance, "stopped_early": stopped}))
 
 
 def run_epoch(loop: Loop, state: State, epoch: int, bar) -> dict:
@@ -270,7 +323,7 @@ def run_epoch(loop: Loop, state: State, epoch: int, bar) -> dict:
         tr = train_one_epoch(loop.net, loop.task, loop.splits["train"], loop.opt, loop.sched, loop.prep,
                              loop.precision, cfg.batch_size, loop.gen, bar, loop.dist, augment=loop.augment,
                              mix=loop.mix, ema=loop.ema, partial=partial, checkpoint=within if mid_epoch else None,
-                             checkpoint_s=cfg.checkpoint_minutes * 60)
+                             checkpoint_s=cfg.checkpoint_minutes * 60, sampler=loop.sampler)
         state.partial = None
     except RuntimeError as e:
         if not cfg.detect_anomaly:
@@ -315,6 +368,9 @@ def fit_baseline(cfg: RunConfig, out: Path, ds: ImageDataset, quiet: bool):
         raise MedbenchError(f"{cfg.model} is a classical model: it has no checkpoints to ensemble or keep, no "
                             f"members and no flipped-view averaging (drop --ensemble/--keep-checkpoints/--members/"
                             f"--tta)")
+    if cfg.class_weights != "none" or cfg.loss != "ce" or cfg.sampler != "shuffle" or cfg.patience:
+        raise MedbenchError(f"{cfg.model} is a classical model fitted in one step: --class-weights, --loss, --sampler "
+                            f"and --patience apply to networks only (drop them)")
     task = build_task(cfg, ds)
     baselines.make_estimator(cfg.model, cfg.seed, task.name)  # a bad name fails before anything is written
     check_evaluation_settings(cfg, ds, task)

@@ -23,7 +23,8 @@ PREFETCH = 3  # batches read ahead of the model
 def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
                     generator: torch.Generator | None = None, device: torch.device | None = None,
                     shard: tuple[int, int] = (0, 1), rows: slice | None = None, skip: int = 0,
-                    prefetch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    prefetch: int | None = None, order: torch.Tensor | None = None,
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images uint8 [B,C,H,W], labels int64 [B,L])`` on ``device`` (default: where the split is).
 
     When shuffling (training), a last batch of a single sample is skipped: batch-norm cannot train on it,
@@ -32,23 +33,29 @@ def iterate_batches(split: Split, batch_size: int, *, shuffle: bool = False,
     each reads only its own samples. ``rows`` limits the pass to a block of the split (in order). ``skip``
     leaves out the first batches without reading them (a run resumed mid-epoch: the same order, after them).
     ``prefetch`` batches are read ahead in a thread (default :data:`PREFETCH` when the images are on disk or
-    must be copied to another device, else none).
+    must be copied to another device, else none). ``order``: the rows of the pass (relative to ``rows``), e.g. a
+    class-balanced draw with replacement (:mod:`medbench.data.sampling`), instead of a shuffle; batches are then
+    formed, sharded and skipped as for a shuffle.
     """
     lo, hi = (0, len(split)) if rows is None else (rows.start or 0, min(rows.stop, len(split)))
     images = split.images
     pin = device is not None and device.type == "cuda" and images.device.type == "cpu"
     if prefetch is None:
         prefetch = PREFETCH if on_disk(images) or pin else 0
-    batches = _images(split.images, batch_size, lo, hi, shuffle, generator, device, shard, pin, skip)
+    batches = _images(split.images, batch_size, lo, hi, shuffle, generator, device, shard, pin, skip, order)
     return _with_labels(_ahead(batches, prefetch) if prefetch > 0 else batches, split.labels, device)
 
 
 def _images(images, batch_size: int, lo: int, hi: int, shuffle: bool, generator, device, shard, pin: bool,
-            skip: int):
+            skip: int, order: torch.Tensor | None = None):
     """(image batch on ``device``, its rows: a slice or an index tensor) per batch."""
     rank, world = shard
-    n = hi - lo
-    order = torch.randperm(n, generator=generator) if shuffle else None
+    if order is not None:
+        shuffle = True
+        n = len(order)
+    else:
+        n = hi - lo
+        order = torch.randperm(n, generator=generator) if shuffle else None
     for start in range(skip * batch_size, n, batch_size):
         stop = min(start + batch_size, n)
         if shuffle and stop - start < 2 * world:

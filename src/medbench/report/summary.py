@@ -163,12 +163,43 @@ def setup_sections(inputs: RunInputs) -> list[Section]:
 
 
 def page_meta(inputs: RunInputs) -> str:
-    """The line under the title: run directory, task and classes, image size, best epoch, generation time."""
+    """The line under the title: run directory, task and classes, image size, best epoch (and an early stop),
+    the training objective when it is not the benchmark's, generation time."""
     cfg, task, names = inputs.cfg, inputs.task, inputs.names
     kind = "labels" if task.name == "multilabel" else "classes"
     best = inputs.best_epoch
+    objective = objective_text(cfg, inputs.provenance)
     return (f"<p class=\"meta\">Run directory <code>{escape(inputs.run_dir.resolve())}</code><br>"
             f"Task {escape(task.name)}, {task.num_classes} {kind} ({escape(', '.join(map(str, names)))}); "
             f"image size {cfg.size} px"
             + (f"; best epoch {escape(best)} of {cfg.epochs} by validation {escape(cfg.select_metric)}" if best else "")
+            + stop_text(inputs.provenance)
+            + (f'<br><span id="objective">Training objective: {escape(objective)}</span>' if objective else "")
             + f"<br>Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by medbench</p>")
+
+
+def stop_text(provenance: dict) -> str:
+    """'; stopped early after epoch 7 of 30 (reason)' from config.yaml's ``stopped_early``; '' when it ran out."""
+    stop = provenance.get("stopped_early")
+    if not isinstance(stop, dict) or "epoch" not in stop:
+        return ""
+    of = f" of {stop['of']}" if "of" in stop else ""
+    return (f'; <span id="stopped-early">stopped early after epoch {escape(stop["epoch"])}{escape(of)}'
+            f"{': ' + escape(stop['reason']) if stop.get('reason') else ''}</span>")
+
+
+def objective_text(cfg, provenance: dict) -> str:
+    """What the run trained on beyond the benchmark's cross-entropy over shuffled batches ('' for that): the loss,
+    the class weights actually used (from provenance), the sampler."""
+    parts = []
+    if getattr(cfg, "loss", "ce") == "focal":
+        parts.append(f"focal loss (gamma {cfg.focal_gamma:g})")
+    weights = provenance.get("class_weights")
+    if isinstance(weights, dict):
+        per = next((v for k, v in weights.items() if k != "from" and isinstance(v, dict)), {})
+        what = "positive weights" if "positive_weight_per_label" in weights else "class weights"
+        listed = ", ".join(f"{c} {float(w):.4g}" for c, w in per.items())
+        parts.append(f"{what} {weights.get('from', '')} ({listed})".replace("  ", " "))
+    if getattr(cfg, "sampler", "shuffle") == "balanced":
+        parts.append("class-balanced sampler (drawn with replacement)")
+    return "; ".join(parts)
