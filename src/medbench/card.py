@@ -14,6 +14,7 @@ import numpy as np
 
 from medbench.build import build_dataset, run_data_spec
 from medbench.config import load_config
+from medbench.crossval import read_cv
 from medbench.errors import MedbenchError
 from medbench.fileio import write_json, write_text
 from medbench.metrics import bootstrap_metrics
@@ -36,7 +37,7 @@ SHOWN = ("acc", "auc", "balanced_acc", "f1_macro", "sensitivity", "specificity",
 CONFIG_SHOWN = ("model", "pretrained", "truncate", "size", "as_rgb", "fit", "recipe", "epochs", "batch_size",
                 "optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "augment", "mixup", "cutmix",
                 "synthetic", "select_metric", "ensemble", "members", "ema", "decision", "tta", "seed",
-                "precision")
+                "precision", "folds", "fold")
 
 
 def _test_cis(run_dir: Path, task: str, labels, cfg, data_dir) -> dict:
@@ -95,6 +96,7 @@ def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -
         "at_youden": {k: v for k, v in (test.get("at_youden") or {}).items() if k != "class_of"} or None,
         "class_of": test.get("class_of"),  # binary: whose recall sensitivity and specificity are
         "warnings": metrics.get("warnings") or [],
+        "cross_validation": _cv_card(read_cv(run_dir)),
         "calibration": metrics.get("calibration"),
         "training": {k: getattr(cfg, k) for k in CONFIG_SHOWN},
         "provenance": {k: provenance.get(k) for k in ("medbench", "torch", "data_source", "data_md5", "device",
@@ -102,6 +104,39 @@ def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -
         "intended_use": "Research and teaching: benchmarking and comparing image classifiers on the dataset above.",
         "not_for_clinical_use": NOT_CLINICAL,
     }
+
+
+def _cv_card(cv: dict | None) -> dict | None:
+    """What the card says about a cross-validation: K, mean ± sd of the folds' val and test AUC / ACC, the pooled
+    out-of-fold record with CIs, the fold ensemble's test record."""
+    if cv is None:
+        return None
+    pick = ("auc", "acc", "auc_ci", "acc_ci", "n")
+    return {"k": cv["k"],
+            "folds_mean": {s: {m: cv["mean"][s].get(m) for m in ("auc", "acc")} for s in ("val", "test")},
+            "folds_sd": {s: {m: cv["sd"][s].get(m) for m in ("auc", "acc")} for s in ("val", "test")},
+            "out_of_fold": {m: cv["oof"].get(m) for m in pick},
+            "ensemble_test": {m: cv["ensemble"]["test"].get(m) for m in pick}}
+
+
+def _pm(mean, sd) -> str:
+    return _fmt(mean) + ("" if sd is None else f" ± {_fmt(sd)}")
+
+
+def _cv_lines(cv: dict | None) -> list[str]:
+    if not cv:
+        return []
+    m, sd, oof, ens = cv["folds_mean"], cv["folds_sd"], cv["out_of_fold"], cv["ensemble_test"]
+    return ["## Cross-validation", "",
+            f"This model is the ensemble of the {cv['k']} fold models of a {cv['k']}-fold cross-validation over "
+            f"train+val (probabilities averaged); the test split was never used for training or selection.", "",
+            f"- Per fold (mean ± sd over {cv['k']} folds): val AUC {_pm(m['val']['auc'], sd['val']['auc'])}, val ACC "
+            f"{_pm(m['val']['acc'], sd['val']['acc'])}; test AUC {_pm(m['test']['auc'], sd['test']['auc'])}, test "
+            f"ACC {_pm(m['test']['acc'], sd['test']['acc'])}",
+            f"- Out-of-fold, pooled ({oof.get('n')} images): AUC {_fmt(oof.get('auc'))}{_ci(oof, 'auc')}, ACC "
+            f"{_fmt(oof.get('acc'))}{_ci(oof, 'acc')} (the metrics table's val row)",
+            f"- Fold ensemble on test ({ens.get('n')} images): AUC {_fmt(ens.get('auc'))}{_ci(ens, 'auc')}, ACC "
+            f"{_fmt(ens.get('acc'))}{_ci(ens, 'acc')} (the metrics table's test row)", ""]
 
 
 def _fmt(v) -> str:
@@ -146,6 +181,7 @@ def card_markdown(card: dict) -> str:
         if card.get("at_youden"):
             y = card["at_youden"]
             lines += ["At that threshold on test: " + ", ".join(f"{k} {_fmt(v)}" for k, v in y.items()), ""]
+    lines += _cv_lines(card.get("cross_validation"))
     lines += ["## Training", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in card["training"].items()]
     lines += ["", "The complete configuration is `config.yaml` in this folder (it reproduces the run).", "",

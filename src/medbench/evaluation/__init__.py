@@ -177,6 +177,10 @@ def _score(run_dir: Path, cfg: RunConfig, settings: Settings, splits: list[str],
 
 
 def _check_request(cfg: RunConfig, run_dir: Path, settings: Settings, splits: list[str]) -> list[str]:
+    if cfg.folds > 1 and cfg.fold is None:
+        raise MedbenchError(f"{run_dir} is a {cfg.folds}-fold cross-validation: its record (cv.json, metrics.json: "
+                            f"out-of-fold val, fold-ensemble test) was written from its fold runs; evaluate a fold "
+                            f"run instead, e.g. medbench evaluate {run_dir}/folds/00")
     if settings.tta and cfg.no_flip:
         raise MedbenchError(f"{run_dir} was trained with no_flip: flipped views (--tta) are not valid for it")
     bad = [s for s in splits if s not in SPLITS]

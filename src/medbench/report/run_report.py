@@ -18,6 +18,7 @@ from medbench.data import ImageDataset
 from medbench.fileio import write_text
 from medbench.progress import console
 from medbench.report.calibration import calibration_sections
+from medbench.report.crossval import crossval_sections
 from medbench.report.heldout import Section, gradcam_section, heldout_sections
 from medbench.report.html import CSS, escape, nav, note, page, png_img, section, table  # noqa: F401  (CSS: below)
 from medbench.report.inputs import RunInputs, read_run_inputs
@@ -42,7 +43,8 @@ def write_run_report(run_dir, *, data_dir=None, dataset: ImageDataset | None = N
     run_dir = require_run_dir(run_dir, "report")
     with locked(run_dir, "medbench report"):
         inputs = read_run_inputs(run_dir, data_dir=data_dir, dataset=dataset, quiet=quiet, evaluation=evaluation)
-        sections = (metric_sections(inputs.metrics) + subgroup_sections(inputs.metrics)
+        sections = ((crossval_sections(run_dir) if not evaluation else []) + metric_sections(inputs.metrics)
+                    + subgroup_sections(inputs.metrics)
                     + [curves_section(inputs.history)] + heldout_sections(inputs)
                     + calibration_sections(evaluation_dir(run_dir, evaluation) if evaluation else run_dir)
                     + robustness_sections(run_dir)
