@@ -4,7 +4,8 @@
 - :mod:`~medbench.cli.flags`: `medbench train`'s config flags, generated from RunConfig
 - one module per topic declares its sub-commands and runs them: :mod:`~medbench.cli.train` (train, evaluate),
   :mod:`~medbench.cli.results` (compare, report, card, predict, export), :mod:`~medbench.cli.data` (datasets,
-  models, cache, augment-preview), :mod:`~medbench.cli.study`, :mod:`~medbench.cli.serve`, :mod:`~medbench.cli.gan`
+  models, cache, augment-preview), :mod:`~medbench.cli.study`, :mod:`~medbench.cli.tune`, :mod:`~medbench.cli.serve`,
+  :mod:`~medbench.cli.gan`
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import sys
 import warnings
 
 from medbench import __version__
-from medbench.cli import data, gan, results, serve, study, train
+from medbench.cli import data, gan, results, serve, study, train, tune
 from medbench.cli.parser import EXIT_USAGE, Parser, common_options, one_line
 from medbench.errors import MedbenchError
 
 COMMANDS = {"datasets": data.cmd_datasets, "models": data.cmd_models, "train": train.cmd_train,
             "evaluate": train.cmd_evaluate, "compare": results.cmd_compare, "report": results.cmd_report,
-            "cache": data.cmd_cache, "study": study.cmd_study, "augment-preview": data.cmd_augment_preview,
+            "cache": data.cmd_cache, "study": study.cmd_study, "tune": tune.cmd_tune,
+            "augment-preview": data.cmd_augment_preview,
             "gan": gan.cmd_gan, "predict": results.cmd_predict, "serve": serve.cmd_serve,
             "export": results.cmd_export, "card": results.cmd_card}
 
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     # in the order `medbench --help` lists them
     for add in (data.add_datasets, data.add_models, train.add_train, train.add_evaluate, results.add_compare,
-                study.add_study, data.add_cache, results.add_report, data.add_augment_preview, results.add_predict,
+                study.add_study, tune.add_tune, data.add_cache, results.add_report, data.add_augment_preview,
+                results.add_predict,
                 serve.add_serve, results.add_export, results.add_card, gan.add_gan):
         add(sub, common)
     return parser
