@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medbench.config import RECIPES, RunConfig
+from medbench.config import RunConfig
 from medbench.distributed import Dist
 from medbench.engine import Precision, WeightEMA, build_optimizer, predict_logits, train_one_epoch
 from medbench.progress import console
@@ -158,11 +158,11 @@ def _time_train(loop, model: torch.nn.Module, budget_s: float) -> tuple[float, i
                 break
         return out
 
-    first = run(1, 0.0)
-    if first[0] < budget_s / 4:
+    first = run(1, 0.0)[0]
+    if first < budget_s / 4:
         run(WARMUP_STEPS - 1, 0.0)
-    if first[0] >= budget_s:  # a large model: one more step is the measurement
-        timed = run(1, 0.0)
+    if first >= budget_s / 2:  # a large model: one or two more steps are the measurement
+        timed = run(2 if first < budget_s else 1, 0.0)
     else:
         timed = run(max(steps, 3), budget_s)  # a whole epoch when it fits the budget
     return float(np.mean(timed)), len(timed)
@@ -343,24 +343,37 @@ def makespan(seconds: list[float], workers: int) -> float:
     return max(loads) if seconds else 0.0
 
 
-def _fast_hint(loop, est: Estimate) -> str:
-    """Where a long CPU run could go instead: the fast recipe (its own estimate, measured the same way) or fewer
-    epochs."""
-    cfg = loop.cfg
-    fast = cfg.model_copy(update=RECIPES["fast"])
-    text = ""
-    try:
-        from medbench.data import ImageDataset
+def fast_config(cfg: RunConfig) -> RunConfig:
+    """``cfg``'s data, hardware and augmentation under the ``fast`` recipe (one cnn5 network)."""
+    from medbench.config import resolve_config
+    from medbench.config.setting import meta
 
-        ds = ImageDataset("estimate", loop.task.name, list(loop.class_names) or
-                          [str(i) for i in range(loop.task.num_classes)], loop.splits, cfg.size)
-        f = estimate_config(fast, dataset=ds, device=loop.device, budget_s=1.0)
-        text = f" (about {duration(f.seconds)} here)"
-    except Exception:  # noqa: BLE001 - a hint only: without its figure when the fast build fails
-        text = " (BreastMNIST: about 20 s on a 2-core CPU, RESULTS.md)"
-    per = duration(est.epoch_seconds)
-    return (f"hint: that is long on a CPU. --recipe fast (cnn5, 30 epochs; near ResNet-18's AUC on MedMNIST, "
-            f"RESULTS.md){text}, or fewer epochs (--epochs N: {per} each)")
+    keep = {k: v for k, v in cfg.model_dump().items()
+            if meta(RunConfig.model_fields[k]).get("group") in ("data", "own data", "hardware")
+            or k in ("augment", "no_flip", "folds", "fold")}
+    return resolve_config({**keep, "recipe": "fast"})
+
+
+def long_run_hint(cfg: RunConfig, est: Estimate, *, dataset=None, data_dir=None, device=None) -> str | None:
+    """For a CPU run estimated over :data:`HINT_AFTER_S` (not already ``fast``): the fast recipe with its own
+    estimate (measured the same way, about a second), and fewer epochs."""
+    if est.device != "cpu" or est.seconds <= HINT_AFTER_S or cfg.recipe == "fast" or cfg.model == "cnn5":
+        return None
+    try:
+        f = estimate_config(fast_config(cfg), dataset=dataset, data_dir=data_dir, device=device, budget_s=1.0)
+        fast = f"about {duration(f.seconds)} here"
+    except Exception:  # noqa: BLE001 - a hint only: the typical figure when the fast network cannot be built
+        fast = "BreastMNIST: about 20 s on a 2-core CPU, RESULTS.md"
+    return (f"hint: that is long on a CPU: --recipe fast (cnn5, 30 epochs, near ResNet-18's AUC on MedMNIST: "
+            f"RESULTS.md; {fast}), or fewer epochs (--epochs N, {duration(est.epoch_seconds)} each)")
+
+
+def loop_dataset(loop):
+    """An :class:`ImageDataset` over the loop's own splits (to measure another network on the same data)."""
+    from medbench.data import ImageDataset
+
+    names = list(loop.class_names) or [str(i) for i in range(loop.task.num_classes)]
+    return ImageDataset(f"{loop.cfg.dataset}", loop.task.name, names, loop.splits, loop.cfg.size)
 
 
 def announce(loop, quiet: bool, first_epoch: int = 1) -> Estimate | None:
@@ -369,12 +382,12 @@ def announce(loop, quiet: bool, first_epoch: int = 1) -> Estimate | None:
     if quiet or first_epoch > loop.cfg.epochs:
         return None
     est = estimate_loop(loop, first_epoch=first_epoch)
-    console.print(f"estimated {est.text()}")
-    if loop.device.type == "cpu" and est.seconds > HINT_AFTER_S and loop.cfg.recipe != "fast" \
-            and loop.cfg.model != "cnn5":
-        console.print(f"[yellow]{_fast_hint(loop, est)}[/]")
+    console.print(f"estimated {est.text()}", highlight=False)
+    hint = long_run_hint(loop.cfg, est, dataset=loop_dataset(loop), device=loop.device)
+    if hint:
+        console.print(f"[yellow]{hint}[/]", highlight=False)
     return est
 
 
-__all__ = ["Estimate", "announce", "duration", "estimate_config", "estimate_configs", "estimate_loop", "makespan",
-           "measure", "shape_key"]
+__all__ = ["Estimate", "announce", "duration", "estimate_config", "estimate_configs", "estimate_loop",
+           "long_run_hint", "makespan", "measure", "shape_key"]

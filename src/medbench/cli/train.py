@@ -32,6 +32,9 @@ def add_train(sub, common) -> None:
     g.add_argument("--config", type=Path, help="YAML run config (e.g. a run's config.yaml); flags override it")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field, e.g. --set milestones=[0.5,0.75] (repeatable)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the settings and the data, print the estimated duration (a few measured training "
+                        "steps) and the config; train nothing (no --out needed)")
     groups = add_train_flags(p)
     groups["output"].add_argument("--no-report", action="store_true",
                                   help="skip report.html (and the TensorBoard figures)")
@@ -81,12 +84,34 @@ def _resume(args):
                  report=not args.no_report, resume=True)
 
 
+def _dry_run(args) -> None:
+    """Check the settings and the data; print the estimated duration (and a hint for a long CPU run)."""
+    from medbench.build import build_dataset
+    from medbench.estimate import estimate_config, long_run_hint
+
+    cfg = resolve_config(train_settings(args), where="train")
+    ds = build_dataset(cfg, args.data_dir, quiet=args.quiet)
+    est = estimate_config(cfg, dataset=ds, report=not args.no_report)
+    print(f"estimated {est.text()}")
+    hint = long_run_hint(cfg, est, dataset=ds)
+    if hint:
+        print(hint)
+    print(f"dry run: settings and data checked, nothing trained"
+          f"{'' if args.out is None else f' ({args.out} left as it is)'}")
+
+
 def cmd_train(args) -> None:
     from medbench.distributed import is_main_process
     from medbench.run import train
 
     if args.resume is not None:
+        if args.dry_run:
+            raise MedbenchError("--dry-run checks a new run's settings; drop --resume (the estimate of a resumed "
+                                "run's remaining epochs is printed when it resumes)")
         out = _resume(args)
+    elif args.dry_run:
+        _dry_run(args)
+        return
     else:
         if args.out is None:
             raise MedbenchError("medbench train needs --out RUN_DIR (or --resume RUN_DIR)")
