@@ -64,7 +64,7 @@ class Estimate:
         """e.g. '1 h 32 min: 100 epochs x 55 s (train 50 s + val 5 s) + evaluation 10 s, measured on cpu fp32'."""
         if self.note:
             return self.note
-        per = (f"{self.epochs} epochs x {duration(self.epoch_seconds)} (train {duration(self.train_seconds)} + val "
+        per = (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} x {duration(self.epoch_seconds)} (train {duration(self.train_seconds)} + val "
                f"{duration(self.val_seconds)}) + evaluation {duration(self.eval_seconds)}")
         if self.runs > 1:
             per = f"{self.runs} networks x ({per})"
@@ -382,10 +382,10 @@ def announce(loop, quiet: bool, first_epoch: int = 1) -> Estimate | None:
     if quiet or first_epoch > loop.cfg.epochs:
         return None
     est = estimate_loop(loop, first_epoch=first_epoch)
-    console.print(f"estimated {est.text()}", highlight=False)
+    console.print(f"estimated {est.text()}", highlight=False, soft_wrap=True)
     hint = long_run_hint(loop.cfg, est, dataset=loop_dataset(loop), device=loop.device)
     if hint:
-        console.print(f"[yellow]{hint}[/]", highlight=False)
+        console.print(f"[yellow]{hint}[/]", highlight=False, soft_wrap=True)
     return est
 
 
