@@ -109,7 +109,13 @@ class TuneSpace:
 
     @property
     def max_epochs(self) -> int:
-        return self.reference().epochs
+        """The most epochs a trial trains (the pruners' resource), read without validating a whole config."""
+        dim = next((d for d in self.dims if d.name == "epochs"), None)
+        if dim is not None:
+            return int(max(dim.values()))
+        settings = self.settings({})
+        return int(settings.get("epochs", RECIPES.get(settings.get("recipe"), {}).get(
+            "epochs", RunConfig.model_fields["epochs"].default)))
 
 
 def _where(path) -> str:
@@ -231,7 +237,6 @@ def build_space(data: Any, where: str = "tune space", path: Path | None = None) 
     space = TuneSpace(name=name.strip(), fixed=dict(fixed), dims=dims, metric=metric, pruner=pruner, trials=trials,
                       seed=seed, report=report, path=path, defaults=defaults)
     _check_values(space, where)
-    space.reference()  # the fixed settings with a value of each dimension form a config
     return space
 
 
