@@ -30,6 +30,7 @@ from medbench.progress import console
 HINT_AFTER_S = 600.0  # a CPU run estimated longer than this is pointed at the fast recipe
 REPORT_FIXED_S = 3.0  # report.html and the final figures without the model's own work (2.6-3.4 s here, cnn5)
 WARMUP_STEPS = 2  # unmeasured: the first steps allocate buffers and pick kernels
+MAX_LOOK_S = 30.0  # the longest measurement (runs of an hour and more)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class Estimate:
         """e.g. '1 h 32 min: 100 epochs x 55 s (train 50 s + val 5 s) + evaluation 10 s, measured on cpu fp32'."""
         if self.note:
             return self.note
-        per = (f"{self.epochs} epoch{'s' if self.epochs != 1 else ''} x {duration(self.epoch_seconds)} (train {duration(self.train_seconds)} + val "
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        per = (f"{epochs} x {duration(self.epoch_seconds)} (train {duration(self.train_seconds)} + val "
                f"{duration(self.val_seconds)}) + evaluation {duration(self.eval_seconds)}")
         if self.runs > 1:
             per = f"{self.runs} networks x ({per})"
@@ -159,12 +161,18 @@ def _time_train(loop, model: torch.nn.Module, budget_s: float) -> tuple[float, i
         return out
 
     first = run(1, 0.0)[0]
-    if first < budget_s / 4:
-        run(WARMUP_STEPS - 1, 0.0)
-    if first >= budget_s / 2:  # a large model: one or two more steps are the measurement
-        timed = run(2 if first < budget_s else 1, 0.0)
-    else:
-        timed = run(max(steps, 3), budget_s)  # a whole epoch when it fits the budget
+    if first < budget_s / 2:
+        first = run(WARMUP_STEPS - 1, 0.0)[0]
+    if first >= budget_s:  # a large model: one more step is the measurement
+        timed = run(1, 0.0)
+    else:  # at least 3 steps (one step's time varies 2x on a busy machine), a whole epoch when it fits
+        timed = run(max(steps, 3), budget_s)
+        if len(timed) < 3:
+            timed += run(3 - len(timed), 0.0)
+    # a long run can afford a longer look: up to 1 % of its estimated time (at most MAX_LOOK_S)
+    longer = min(0.01 * float(np.mean(timed)) * steps * max(cfg.epochs, 1), MAX_LOOK_S) - sum(timed)
+    if longer > budget_s and len(timed) < steps:
+        timed += run(steps - len(timed), longer)
     return float(np.mean(timed)), len(timed)
 
 
