@@ -89,14 +89,14 @@ def _space_key(space: TuneSpace) -> str:
                        "names": [d.name for d in space.dims], "metric": space.metric}, sort_keys=True, default=str)
 
 
-def _sampler_and_pruner(space: TuneSpace, worker: int, started: int):
+def _sampler_and_pruner(space: TuneSpace, worker: int, started: int, trials: int):
     optuna = _optuna()
     seed = None if space.seed is None else space.seed + 1000 * worker + started  # workers and resumes differ
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, space.trials // 3)),
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, trials // 3)),
                                          constant_liar=True)
     epochs = space.max_epochs
     if space.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, space.trials // 4)),
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, trials // 4)),
                                              n_warmup_steps=max(1, epochs // 4))
     elif space.pruner == "hyperband":
         pruner = optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 9), max_resource=epochs,
@@ -106,15 +106,16 @@ def _sampler_and_pruner(space: TuneSpace, worker: int, started: int):
     return sampler, pruner
 
 
-def open_study(space: TuneSpace, url: str, *, worker: int = 0, create: bool = True):
-    """The Optuna study of ``space`` in ``url`` (created on first use); a space that changed is refused."""
+def open_study(space: TuneSpace, url: str, *, worker: int = 0, trials: int | None = None, create: bool = True):
+    """The Optuna study of ``space`` in ``url`` (created on first use); a space that changed is refused.
+    ``trials`` (default: the file's) scales the sampler's random start-up and the median pruner's."""
     optuna = _optuna()
     storage = _storage(url)
     existing = {s.study_name: s for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
     if space.name not in existing and not create:
         raise MedbenchError(f"no tune '{space.name}' in the database")
     started = existing[space.name].n_trials if space.name in existing else 0
-    sampler, pruner = _sampler_and_pruner(space, worker, started)
+    sampler, pruner = _sampler_and_pruner(space, worker, started, space.trials if trials is None else trials)
     study = optuna.create_study(storage=storage, study_name=space.name, direction=space.direction, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     key = _space_key(space)
@@ -298,7 +299,7 @@ def work(space: TuneSpace, out: str | os.PathLike, url: str, *, trials: int, wor
         import torch
 
         torch.set_num_threads(threads)
-    study = open_study(space, url, worker=worker)
+    study = open_study(space, url, worker=worker, trials=trials)
     ran = 0
     with Store(url) as store:
         objective = Objective(space, Path(out), store, data_dir=data_dir, track=track, quiet=quiet)
@@ -418,7 +419,7 @@ def run_tune(space: TuneSpace | str | os.PathLike, out: str | os.PathLike, *, tr
     url = db_url or default_url(out)
     with Store(url) as store:  # first: the SQLite file is made in WAL mode, shared by Optuna's connections
         store.reset_stale()
-    study = open_study(space, url)
+    study = open_study(space, url, trials=trials)
     fail_dead_trials(study)
     if not quiet:
         c = tally(study)
