@@ -264,9 +264,11 @@ class MlflowTracker:
             self._call("artifact predictions", self.client.log_artifacts, self.run_id, str(out / PREDICTIONS),
                        PREDICTIONS)
 
-    def close(self, status: str, error: str | None = None) -> None:
+    def close(self, status: str, error: str | None = None, pruned: str | None = None) -> None:
         if error:
             self._call("error tag", self.client.set_tag, self.run_id, "medbench.error", error[:5000])
+        if pruned:
+            self._call("pruned tag", self.client.set_tag, self.run_id, "medbench.pruned", pruned[:5000])
         self.broken = False  # the run's end status is worth one more try
         self._call("end", self.client.set_terminated, self.run_id, status)
 
@@ -337,7 +339,8 @@ def open_tracker(track: str | None, cfg, out: Path, experiment: str | None = Non
 
     ``experiment``: the MLflow experiment the run joins (a study's or a tune's name; default:
     $MLFLOW_EXPERIMENT_NAME, else the dataset). ``enabled``: False on every rank but the main one.
-    A run that raises ends FAILED (KILLED on Ctrl-C), with the error as the tag ``medbench.error``.
+    A run that raises ends FAILED (KILLED on Ctrl-C), with the error as the tag ``medbench.error``; a tune trial
+    that Optuna pruned ends KILLED with the tag ``medbench.pruned``.
     """
     if not track or not enabled:
         if track:
@@ -347,10 +350,12 @@ def open_tracker(track: str | None, cfg, out: Path, experiment: str | None = Non
     tracker = start(track, cfg, Path(out), experiment)
     try:
         yield tracker
-    except KeyboardInterrupt:
-        tracker.close("KILLED", "interrupted")
-        raise
     except BaseException as e:
-        tracker.close("FAILED", f"{type(e).__name__}: {_one_line(e)}")
+        if isinstance(e, KeyboardInterrupt):
+            tracker.close("KILLED", "interrupted")
+        elif type(e).__name__ == "TrialPruned":  # Optuna stopped a tune's trial: not a failure of the run
+            tracker.close("KILLED", pruned=_one_line(e))
+        else:
+            tracker.close("FAILED", f"{type(e).__name__}: {_one_line(e)}")
         raise
     tracker.close("FINISHED")

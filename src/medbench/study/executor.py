@@ -177,7 +177,7 @@ def run_ray(db_url: str, jobs: list[Job], *, workers: int = 1, address: str | No
 
     Resources per run: ``cpus_per_run`` (default: the cluster's CPUs / ``workers``, so ``workers`` runs at
     once; torch uses that many threads), ``gpus_per_run`` (default 1 when the cluster has GPUs, else 0).
-    ``MEDBENCH_*`` environment variables travel to the workers.
+    ``MEDBENCH_*`` and ``MLFLOW_*`` environment variables travel to the workers.
     """
     try:
         import ray
@@ -187,7 +187,8 @@ def run_ray(db_url: str, jobs: list[Job], *, workers: int = 1, address: str | No
         raise MedbenchError(f"--workers must be >= 1 (got {workers})")
     started = False
     if not ray.is_initialized():
-        env = {k: v for k, v in os.environ.items() if k.startswith("MEDBENCH_")}
+        # MLFLOW_*: a tracking server's credentials (--track) reach the workers too
+        env = {k: v for k, v in os.environ.items() if k.startswith(("MEDBENCH_", "MLFLOW_"))}
         kw: dict[str, Any] = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=not quiet,
                                   logging_level="WARNING")
         if address is None and not os.environ.get("RAY_ADDRESS"):
