@@ -27,6 +27,7 @@ from sqlalchemy import update
 
 from medbench.config import dump_config
 from medbench.errors import MedbenchError
+from medbench.estimate import estimate_config
 from medbench.fileio import write_csv, write_text
 from medbench.rundir import CV_SUMMARY, FOLDS, HISTORY, claim, read_metrics
 from medbench.study.executor import RAY_OBJECT_STORE, available_cpus, threads_per_worker
@@ -507,8 +508,6 @@ def plan(space: TuneSpace, *, trials: int | None = None, workers: int = 1, data_
                             "pruner": space.pruner, "trials": trials, "workers": workers, "fixed": space.fixed,
                             "space": {d.name: d.describe() for d in space.dims}, "estimate": None}
     try:
-        from medbench.estimate import estimate_config
-
         est = estimate_config(space.reference(), data_dir=data_dir)
     except NotImplementedError:
         info["estimate_note"] = "no duration estimate: medbench.estimate is not available in this version"

@@ -8,6 +8,7 @@ import math
 import warnings
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 
 from medbench.fileio import write_text
@@ -89,8 +90,6 @@ def _axis_values(dim, trials) -> list[float | None]:
 
 def parallel_figure(space, trials):
     """One line per complete trial through its (scaled) parameters and value; colour = value (red = best)."""
-    import matplotlib
-
     done = [t for t in trials if t.state.name == "COMPLETE" and _finite(t.value)]
     dims = space.dims
     fig = F.new_figure(1.6 + 1.3 * (len(dims) + 1), 3.8)
