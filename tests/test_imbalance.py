@@ -20,6 +20,7 @@ from medbench.engine import Precision, train_one_epoch
 from medbench.errors import MedbenchError
 from medbench.losses import class_weights, focal_terms, sigmoid_focal, softmax_focal
 from medbench.models import create_model
+from medbench.run import train
 from medbench.tasks import make_task
 
 # ---- class weights ----
@@ -40,9 +41,9 @@ def test_multilabel_positive_weights_ignore_uncertain_entries():
 
 
 def test_weight_errors_name_the_count_and_the_classes():
-    with pytest.raises(MedbenchError, match=r"has 3 value\(s\) but the data have 2 classes \(malignant, benign\)"):
+    with pytest.raises(MedbenchError, match=r"has 3 value\(s\) but the data have 2 classes \('malignant', 'benign'\)"):
         class_weights([1, 2, 3], "binary", np.zeros((4, 1)), ["malignant", "benign"])
-    with pytest.raises(MedbenchError, match=r"2 labels \(a, b\): give one positive weight per label"):
+    with pytest.raises(MedbenchError, match=r"2 labels \('a', 'b'\): give one positive weight per label"):
         class_weights([1], "multilabel", np.zeros((4, 2)), ["a", "b"])
     with pytest.raises(MedbenchError, match=r"class\(es\) c have no training image"):
         class_weights("balanced", "multiclass", np.array([[0], [1]]), ["a", "b", "c"])
@@ -217,3 +218,9 @@ def test_balanced_batches_are_the_same_from_disk_sharded_and_resumed(tmp_path):
     assert len(resumed) == 8 and all(torch.equal(a, b) for (a, _), (b, _) in zip(mem[5:], resumed))
     drawn = torch.cat([yb for _, yb in mem])
     assert 0.35 < float(drawn.float().mean()) < 0.65
+
+
+def test_classical_models_refuse_the_network_only_options(tmp_path):
+    with pytest.raises(MedbenchError, match="sk:logreg is a classical model fitted in one step: --class-weights"):
+        train({"dataset": "breastmnist", "model": "sk:logreg", "sampler": "balanced"}, tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r" / "metrics.json").exists()

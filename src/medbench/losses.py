@@ -41,8 +41,9 @@ def class_weights(spec: str | Sequence[float], task: str, labels, class_names: S
     if not isinstance(spec, str):
         if len(spec) != len(names):
             what = "one positive weight per label" if kind == "label" else "one weight per class"
+            listed = ", ".join(map(repr, names))
             raise MedbenchError(f"{setting} has {len(spec)} value(s) but the data have {len(names)} {kind}"
-                                f"{'s' if kind == 'label' else 'es'} ({', '.join(names)}): give {what}, in this order")
+                                f"{'s' if kind == 'label' else 'es'} ({listed}): give {what}, in this order")
         return [float(w) for w in spec]
     if spec != "balanced":
         raise MedbenchError(f"{setting} {spec!r}: none, balanced or one number per {kind}")
