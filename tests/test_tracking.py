@@ -173,6 +173,23 @@ def test_a_pruned_trial_ends_killed_with_its_reason(tmp_path):
     assert "medbench.error" not in run.data.tags and run.data.metrics["val_auc"] > 0
 
 
+@pytest.mark.slow
+def test_a_store_that_fails_mid_run_only_warns(tmp_path):
+    from medbench.tracking import TrackingWarning
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+
+    def delete_it(row):  # a deleted MLflow run refuses every later call, as a vanished server would
+        if row["epoch"] == 1:
+            client.delete_run(_only_run(client, "breastmnist").info.run_id)
+
+    with pytest.warns(TrackingWarning, match=r"MLflow tracking at sqlite:///.* stopped \(epoch 2: ") as caught:
+        out = train({**BREAST, "epochs": 2}, tmp_path / "run", quiet=True, track=f"mlflow:{uri}", on_epoch=delete_it)
+    assert sum(issubclass(w.category, TrackingWarning) for w in caught) == 1
+    assert (out / "metrics.json").is_file() and len(_history(out)) == 2  # the run finished all the same
+
+
 # ---- a real server ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):

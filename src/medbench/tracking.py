@@ -222,7 +222,7 @@ class MlflowTracker:
     def __init__(self, client, uri: str, run_id: str, logged_epochs: set[int]):
         self.client, self.uri, self.run_id = client, uri, run_id
         self.logged_epochs = logged_epochs
-        self.broken = False
+        self.broken = self.warned = False
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
         if self.broken:
@@ -230,7 +230,10 @@ class MlflowTracker:
         try:
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never cost the run: warn once, stop tracking
-            self.broken = True
+            self.broken, warned = True, self.warned
+            self.warned = True
+            if warned:
+                return
             warnings.warn(f"MLflow tracking at {self.uri} stopped ({what}: {_one_line(e)}); the run goes on and "
                           f"its files are complete", TrackingWarning, stacklevel=3)
 
@@ -269,7 +272,13 @@ class MlflowTracker:
             self._call("error tag", self.client.set_tag, self.run_id, "medbench.error", error[:5000])
         if pruned:
             self._call("pruned tag", self.client.set_tag, self.run_id, "medbench.pruned", pruned[:5000])
-        self.broken = False  # the run's end status is worth one more try
+        if self.broken:  # the run's end status is worth one more try, unless the server is gone
+            if self.uri.startswith(("http://", "https://")):
+                try:
+                    _probe(self.uri)
+                except MedbenchError:
+                    return
+            self.broken = False
         self._call("end", self.client.set_terminated, self.run_id, status)
 
 
