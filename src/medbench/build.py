@@ -11,6 +11,7 @@ import torch
 
 from medbench.config import RunConfig
 from medbench.data import ImageDataset, load_dataset
+from medbench.data.folds import fold_of_config
 from medbench.data.loader import Preprocess
 from medbench.errors import MedbenchError
 from medbench.losses import class_weights
@@ -25,9 +26,10 @@ def source_options(cfg: RunConfig) -> dict:
 
 
 def build_dataset(cfg: RunConfig, data_dir=None, quiet: bool = True) -> ImageDataset:
-    """The run's dataset, loaded (MedMNIST) or decoded / read from the cache (own data)."""
-    return load_dataset(cfg.dataset, cfg.size, data_dir=data_dir, progress=not quiet,
-                        memory_budget=cfg.memory_budget, **source_options(cfg))
+    """The run's dataset, loaded (MedMNIST) or decoded / read from the cache (own data); a fold run (--folds K
+    --fold I) gets its fold's view (:mod:`medbench.data.folds`), so evaluate and report rebuild what it trained on."""
+    return fold_of_config(load_dataset(cfg.dataset, cfg.size, data_dir=data_dir, progress=not quiet,
+                                       memory_budget=cfg.memory_budget, **source_options(cfg)), cfg)
 
 
 def dataset_or_build(cfg: RunConfig, dataset: ImageDataset | None, data_dir=None, quiet: bool = True) -> ImageDataset:

@@ -100,7 +100,8 @@ def model_card(run_dir: str | os.PathLike, *, test_labels=None, data_dir=None) -
         "calibration": metrics.get("calibration"),
         "training": {k: getattr(cfg, k) for k in CONFIG_SHOWN},
         "provenance": {k: provenance.get(k) for k in ("medbench", "torch", "data_source", "data_md5", "device",
-                                                       "started") if provenance.get(k) is not None},
+                                                       "started", "stopped_early", "class_weights")
+                       if provenance.get(k) is not None},
         "intended_use": "Research and teaching: benchmarking and comparing image classifiers on the dataset above.",
         "not_for_clinical_use": NOT_CLINICAL,
     }
@@ -148,6 +149,20 @@ def _ci(rec: dict, key: str) -> str:
     return f" (95 % CI {ci[0]:.4f}–{ci[1]:.4f})" if ci else ""
 
 
+def _training_notes(provenance: dict) -> list[str]:
+    """The card's lines about an early stop (--patience) and the class weights the loss used."""
+    out = []
+    stopped = provenance.get("stopped_early")
+    if stopped:
+        out.append(f"- Training stopped early after epoch {stopped.get('epoch')} of {stopped.get('of')}: "
+                   f"{stopped.get('reason')}")
+    weights = provenance.get("class_weights")
+    if weights:
+        per = weights.get("weight_per_class") or weights.get("positive_weight_per_label")
+        out.append(f"- Loss weights ({weights.get('from')}): {per}")
+    return out
+
+
 def card_markdown(card: dict) -> str:
     lines = [f"# Model card: {card['model']} on {card['dataset']}", "",
              f"> **{card['not_for_clinical_use']}**", "",
@@ -157,7 +172,7 @@ def card_markdown(card: dict) -> str:
              f"({card['input']['fit']} to a square, then resized); accepts {', '.join(card['input']['formats'])}",
              f"- Trained with medbench {card['provenance'].get('medbench', '?')}, torch "
              f"{card['provenance'].get('torch', '?')} on {card['provenance'].get('device', '?')}, started "
-             f"{card['provenance'].get('started', '?')}", "",
+             f"{card['provenance'].get('started', '?')}", *_training_notes(card['provenance']), "",
              "## Data", "",
              f"- Dataset: {card['dataset']} ({card['task']} task)",
              f"- Source: {card['provenance'].get('data_source', 'n/a')} "

@@ -85,7 +85,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
             claim_new(out, "run", CONFIG, resumable=True)  # again under the lock: another writer may have finished
         quiet = quiet or not dist.is_main
         seed_everything(cfg.seed, cfg.deterministic)
-        ds = fold_of_config(dataset_or_build(cfg, dataset, data_dir, quiet), cfg)  # a fold run: its fold's view
+        ds = fold_of_config(dataset_or_build(cfg, dataset, data_dir, quiet), cfg)  # a given dataset: its fold's view
         if cfg.folds > 1 and cfg.fold is None:
             _cv_run(cfg, out, ds, dist, data_dir=data_dir, quiet=quiet, report=report, resume=resume,
                     on_epoch=on_epoch)

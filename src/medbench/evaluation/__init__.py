@@ -47,6 +47,7 @@ from medbench.rundir import (
     free_name,
     locked,
     model_weights,
+    read_provenance,
     recorded_md5,
     require_run_dir,
     unfinished,
@@ -163,6 +164,9 @@ def _score(run_dir: Path, cfg: RunConfig, settings: Settings, splits: list[str],
                                    settings, positive, groups)
         metrics[s]["evaluation"] = setting
     metrics.update(summary(metrics, binary, threshold, decide, setting, unfinished_note))
+    stopped = read_provenance(run_dir).get("stopped_early")  # --patience (or a caller) ended training early
+    if stopped:
+        metrics["stopped_early"] = stopped
     if calibration:
         metrics["calibration"] = calibration_summary(calibration)
     selection = selection_warnings(read_history(run_dir / HISTORY), cfg.select_metric, labels.get("val"),
