@@ -108,13 +108,17 @@ def test_unreachable_server_fails_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_to_a_sqlite_store_logs_everything_and_changes_no_result(tmp_path):
+def test_train_to_a_sqlite_store_logs_everything_and_changes_no_result(tmp_path, monkeypatch):
     settings = {**BREAST, "epochs": 1, "bootstrap": 50, "deterministic": True}  # epoch curves: the server test
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)
     tracked = train(settings, tmp_path / "tracked", quiet=True, track=f"mlflow:{uri}")
     client = MlflowClient(uri)
     run = _only_run(client, "breastmnist")  # a single train's experiment: the dataset
     _check_run(client, run, tracked, epochs=1)
+    # the files sit beside the database, not in MLflow's default ./mlruns of the working folder
+    assert (tmp_path / "store" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
     metrics = json.loads((tracked / "metrics.json").read_text())
     lo, hi = metrics["test"]["auc_ci"]
     assert (run.data.metrics["test/auc_ci_low"], run.data.metrics["test/auc_ci_high"]) == (lo, hi)

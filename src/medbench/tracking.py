@@ -282,13 +282,22 @@ class MlflowTracker:
         self._call("end", self.client.set_terminated, self.run_id, status)
 
 
-def _experiment_id(client, name: str) -> str:
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a local database store keeps its files: beside the database
+    (``mlartifacts/``), not MLflow's default ``./mlruns`` in whatever folder the command ran from."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a server decides (--artifacts-destination); a file store keeps them in itself
+    db = Path(uri[len("sqlite:///"):])
+    return (db.resolve().parent / "mlartifacts").as_uri()
+
+
+def _experiment_id(client, name: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=artifact_location(uri))
         except MlflowException:  # another worker of the study created it first
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -322,7 +331,7 @@ def start(track: str, cfg, out: Path, experiment: str | None) -> MlflowTracker:
     name = experiment_name(cfg, experiment)
     try:
         with _quiet_store_setup():
-            eid = _experiment_id(client, name)
+            eid = _experiment_id(client, name, uri)
             previous = _resumed_run(client, eid, run_dir) if (Path(out) / CONFIG).is_file() else None
             if previous is not None:
                 run_id = previous.info.run_id
