@@ -34,6 +34,7 @@ from medbench.study.executor import RAY_OBJECT_STORE, available_cpus, threads_pe
 from medbench.study.grid import canonical_json
 from medbench.study.store import DB_NAME, Store, default_url, pid_alive, runs, this_host
 from medbench.study.tune_space import TuneSpace, load_space
+from medbench.tracking import check_track
 
 RUNS_DIR, TRIALS, BEST, REPORT = "runs", "trials.csv", "best.yaml", "report.html"
 HEARTBEAT_S, GRACE_S = 10, 60  # a trial whose heartbeat is a minute old is taken for dead
@@ -415,6 +416,8 @@ def run_tune(space: TuneSpace | str | os.PathLike, out: str | os.PathLike, *, tr
         raise MedbenchError(f"unknown executor '{executor}'; valid: local, ray")
     if executor == "local" and (address or cpus_per_run or gpus_per_run):
         raise MedbenchError("--address, --cpus-per-run and --gpus-per-run are for --executor ray")
+    if track:  # reached once, before any trial; every worker (a Ray node too) gets the same resolved URI
+        track = f"mlflow:{check_track(track)}"
     out = claim(out, "tune", ours=(RUNS_DIR, TRIALS, DB_NAME, BEST))
     out.mkdir(parents=True, exist_ok=True)
     url = db_url or default_url(out)
