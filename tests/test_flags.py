@@ -13,7 +13,7 @@ from medbench.config import GROUPS, RunConfig
 
 # train flags that are not config fields: where the run goes, where its settings come from, and common options
 NOT_CONFIG = {"-h", "--help", "--data-dir", "--quiet", "--debug", "--out", "--resume", "--config", "--set",
-              "--no-report"}
+              "--no-report", "--dry-run", "--track"}
 # every config flag `medbench train` took before the flags were generated: none may disappear or change spelling
 EARLIER_FLAGS = """--dataset --label-regex --image-col --label-cols --split-col --uncertain --fit --val-from-train
     --test-from-train --group-regex --model --features --size --epochs --recipe --batch-size --lr --optimizer

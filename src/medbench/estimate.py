@@ -26,6 +26,7 @@ from medbench.config import RunConfig
 from medbench.distributed import Dist
 from medbench.engine import Precision, WeightEMA, build_optimizer, predict_logits, train_one_epoch
 from medbench.progress import console
+from medbench.training import build_loop
 
 HINT_AFTER_S = 600.0  # a CPU run estimated longer than this is pointed at the fast recipe
 REPORT_FIXED_S = 3.0  # report.html and the final figures without the model's own work (2.6-3.4 s here, cnn5)
@@ -268,8 +269,6 @@ class _Shape:
 
 
 def _measure_config(cfg: RunConfig, ds, device, budget_s: float) -> _Shape:
-    from medbench.training import build_loop  # the training layer's sibling; imported when used (no cycle)
-
     one = cfg.model_copy(update={"members": 1})
     with isolated(device), tempfile.TemporaryDirectory() as tmp:
         loop = build_loop(one, Path(tmp), ds, Dist(), device)

@@ -23,6 +23,7 @@ from medbench.data import ImageDataset
 from medbench.data.folds import fold_dataset, fold_of_config, make_pool
 from medbench.engine import resolve_device, seed_everything
 from medbench.errors import MedbenchError
+from medbench.estimate import announce
 from medbench.evaluation import evaluate, evaluate_locked
 from medbench.fileio import write_csv
 from medbench.handlers import fmt
@@ -103,6 +104,7 @@ def train(config: RunConfig | dict[str, Any], out: str | Path, *, data_dir=None,
 def _network_run(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device, *, data_dir, quiet: bool, report: bool,
                  on_epoch, resume: bool, tracker=None) -> Path:
     task, state = train_network(cfg, out, ds, dist, device, quiet=quiet, on_epoch=on_epoch, resume=resume,
+                                announce=announce,
                                 handlers=[tracker] if tracker is not None else [])
     dist.barrier()  # rank 0 has written the best weights
     metrics = evaluate_locked(out, data_dir=data_dir, quiet=quiet, dataset=ds)

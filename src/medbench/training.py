@@ -38,7 +38,6 @@ from medbench.engine import (
     train_one_epoch,
 )
 from medbench.errors import MedbenchError
-from medbench.estimate import announce
 from medbench.fileio import write_json, write_text
 from medbench.gan.synthetic import synthetic_split
 from medbench.handlers import Checkpointing, ConsoleLog, TensorBoard, early_stop, last_good_state
@@ -247,10 +246,12 @@ def start_or_restore(loop: Loop, ds: ImageDataset, resume: bool, quiet: bool) ->
 
 def train_network(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: torch.device, *, quiet: bool,
                   on_epoch: Callable[[dict], bool] | None = None, resume: bool = False,
-                  handlers: list | None = None) -> tuple[Task, State]:
+                  handlers: list | None = None, announce: Callable | None = None) -> tuple[Task, State]:
     """Train one network into ``out`` (config, weights, history, checkpoints, resume state, TensorBoard).
 
     ``handlers``: more per-epoch handlers (e.g. a tracker of :mod:`medbench.tracking`), run after the built-in ones.
+    ``announce(loop, quiet, first_epoch)``: called before the first epoch, returns what the progress bar shows as
+    the run's expected duration (:func:`medbench.estimate.announce`) or None.
     """
     loop = build_loop(cfg, out, ds, dist, device)
     state = start_or_restore(loop, ds, resume, quiet)
@@ -259,11 +260,12 @@ def train_network(cfg: RunConfig, out: Path, ds: ImageDataset, dist, device: tor
             console.print(line)
     # a resumed run whose history already met --patience trains no more (killed after it stopped, before the end)
     state.stopped = early_stop(state.history, cfg.select_metric, cfg.patience, cfg.epochs)
-    announce(loop, quiet or not dist.is_main, first_epoch=state.start)
+    est = announce(loop, quiet or not dist.is_main, first_epoch=state.start) if announce else None
     tb = TensorBoard(out / TENSORBOARD, enabled=dist.is_main)
     state.t0 = time.perf_counter() - state.train_seconds
     try:
-        with progress_bar(f"{cfg.model} on {ds.name}", total=(cfg.epochs - state.start + 1) * loop.steps,
+        with progress_bar(f"{cfg.model} on {ds.name}" + (f" (est. {est.short()})" if est is not None else ""),
+                          total=(cfg.epochs - state.start + 1) * loop.steps,
                           enabled=not quiet) as bar, torch.autograd.set_detect_anomaly(cfg.detect_anomaly):
             every = [tb, Checkpointing(), ConsoleLog(bar, quiet), *(handlers or [])]
             for epoch in range(state.start, cfg.epochs + 1):

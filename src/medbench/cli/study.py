@@ -28,6 +28,8 @@ def add_study(sub, common) -> None:
                    help="dry run: list the runs without measuring their durations (no data, no warm-up)")
     p.add_argument("--report", action="store_true", default=None, help="write each run's report.html")
     p.add_argument("--json", action="store_true", help="status / dry run: print JSON")
+    p.add_argument("--track", metavar="mlflow[:URI]",
+                   help="log every run to MLflow, in an experiment named after the study (docs/tracking.md)")
 
 
 def _status(args) -> int:
@@ -101,7 +103,7 @@ def cmd_study(args) -> int:
         raise MedbenchError("medbench study needs --out DIR")
     counts = run_study(study, args.out, workers=args.workers, db_url=args.db, executor=args.executor,
                        quiet=args.quiet, report=args.report, data_dir=args.data_dir, address=args.address,
-                       cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+                       cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, track=args.track)
     print(f"{counts['done']}/{counts['total']} done, {counts['failed']} failed, {counts['running']} running, "
           f"{counts['pending']} pending; results: {args.out / 'results.csv'}")
     return 0 if counts["failed"] == 0 else 1

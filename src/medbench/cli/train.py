@@ -38,6 +38,9 @@ def add_train(sub, common) -> None:
     groups = add_train_flags(p)
     groups["output"].add_argument("--no-report", action="store_true",
                                   help="skip report.html (and the TensorBoard figures)")
+    groups["output"].add_argument("--track", metavar="mlflow[:URI]",
+                                  help="also log the run to MLflow: mlflow (MLflow's default store) or mlflow:URI "
+                                       "(http://HOST:PORT, sqlite:///PATH.db); see docs/tracking.md")
 
 
 def add_evaluate(sub, common) -> None:
@@ -81,7 +84,7 @@ def _resume(args):
     if not (args.resume / CONFIG).is_file():
         raise MedbenchError(f"{args.resume} is not a run directory ({CONFIG} missing); nothing to resume")
     return train(load_config(args.resume / CONFIG), args.resume, data_dir=args.data_dir, quiet=args.quiet,
-                 report=not args.no_report, resume=True)
+                 report=not args.no_report, resume=True, track=args.track)
 
 
 def _dry_run(args) -> None:
@@ -90,6 +93,10 @@ def _dry_run(args) -> None:
     from medbench.estimate import estimate_config, long_run_hint
 
     cfg = resolve_config(train_settings(args), where="train")
+    if args.track:  # a dry run checks the tracking store too
+        from medbench.tracking import check_track
+
+        check_track(args.track)
     ds = build_dataset(cfg, args.data_dir, quiet=args.quiet)
     est = estimate_config(cfg, dataset=ds, report=not args.no_report)
     print(f"estimated {est.text()}")
@@ -116,7 +123,8 @@ def cmd_train(args) -> None:
         if args.out is None:
             raise MedbenchError("medbench train needs --out RUN_DIR (or --resume RUN_DIR)")
         cfg = resolve_config(train_settings(args), where="train")
-        out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet, report=not args.no_report)
+        out = train(cfg, args.out, data_dir=args.data_dir, quiet=args.quiet, report=not args.no_report,
+                    track=args.track)
     if not is_main_process():
         return  # one summary line per run, from rank 0
     test = json.loads((out / METRICS).read_text())["test"]
