@@ -128,10 +128,18 @@ def run_local(db_url: str, jobs: list[Job], *, workers: int = 1, report: bool = 
         work(db_url, jobs, report=report, data_dir=data_dir, quiet=quiet)
         return
     workers = min(workers, len(jobs))
+    bad = run_processes(_worker_main, [(db_url, jobs, threads_per_worker(workers), report, data_dir, quiet)] * workers,
+                        "medbench-study")
+    if bad and not quiet:
+        print(f"{len(bad)} worker(s) exited with code(s) {bad}; their unfinished runs are marked failed",
+              flush=True)
+
+
+def run_processes(target, args: list[tuple], name: str) -> list[int]:
+    """One 'spawn' process per argument tuple, all joined; Ctrl-C terminates them. Returns the non-zero exit
+    codes (a worker killed by the OOM killer or a signal)."""
     ctx = mp.get_context("spawn")
-    threads = threads_per_worker(workers)
-    procs = [ctx.Process(target=_worker_main, args=(db_url, jobs, threads, report, data_dir, quiet),
-                         name=f"medbench-study-{i}") for i in range(workers)]
+    procs = [ctx.Process(target=target, args=a, name=f"{name}-{i}") for i, a in enumerate(args)]
     try:
         for p in procs:
             p.start()
@@ -144,10 +152,7 @@ def run_local(db_url: str, jobs: list[Job], *, workers: int = 1, report: bool = 
         for p in procs:
             p.join(10)
         raise
-    bad = [p.exitcode for p in procs if p.exitcode]
-    if bad and not quiet:
-        print(f"{len(bad)} worker(s) exited with code(s) {bad}; their unfinished runs are marked failed",
-              flush=True)
+    return [p.exitcode for p in procs if p.exitcode]
 
 
 def _ray_task(db_url: str, job: Job, threads: int, report: bool, data_dir) -> str:
@@ -185,28 +190,11 @@ def run_ray(db_url: str, jobs: list[Job], *, workers: int = 1, address: str | No
         raise MedbenchError("the ray executor needs Ray: pip install 'medbench[ray]'") from None
     if workers < 1:
         raise MedbenchError(f"--workers must be >= 1 (got {workers})")
-    started = False
-    if not ray.is_initialized():
-        # MLFLOW_*: a tracking server's credentials (--track) reach the workers too
-        env = {k: v for k, v in os.environ.items() if k.startswith(("MEDBENCH_", "MLFLOW_"))}
-        kw: dict[str, Any] = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=not quiet,
-                                  logging_level="WARNING")
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            kw.update(num_cpus=available_cpus(), object_store_memory=RAY_OBJECT_STORE)
-        try:
-            ray.init(address=address, **kw)
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise MedbenchError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                                f"{' '.join(str(e).split())[:300]}") from None
-        started = True
+    started = start_ray(ray, address, quiet)
     pending: dict = {}
     try:
         resources = ray.cluster_resources()
-        cpus = cpus_per_run or max(1, int(resources.get("CPU", 1)) // workers)
-        gpus = gpus_per_run if gpus_per_run is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
-        if cpus > resources.get("CPU", 0) or gpus > resources.get("GPU", 0):
-            raise MedbenchError(f"each run asks for {cpus} CPU / {gpus} GPU but the Ray cluster has "
-                                f"{resources.get('CPU', 0):g} CPU / {resources.get('GPU', 0):g} GPU")
+        cpus, gpus = ray_resources(resources, workers, cpus_per_run, gpus_per_run, "each run")
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
         threads = max(1, int(cpus))
         pending = {task.remote(db_url, job, threads, report, data_dir): job for job in jobs}
@@ -234,6 +222,37 @@ def run_ray(db_url: str, jobs: list[Job], *, workers: int = 1, address: str | No
     finally:
         if started:
             ray.shutdown()
+
+
+def start_ray(ray, address: str | None, quiet: bool) -> bool:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local instance with this machine's CPUs;
+    True when this call started it (and must shut it down). ``MEDBENCH_*`` and ``MLFLOW_*`` environment variables
+    (a tracking server's credentials, --track) travel to the workers."""
+    if ray.is_initialized():
+        return False
+    env = {k: v for k, v in os.environ.items() if k.startswith(("MEDBENCH_", "MLFLOW_"))}
+    kw: dict[str, Any] = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=not quiet,
+                              logging_level="WARNING")
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kw.update(num_cpus=available_cpus(), object_store_memory=RAY_OBJECT_STORE)
+    try:
+        ray.init(address=address, **kw)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise MedbenchError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                            f"{' '.join(str(e).split())[:300]}") from None
+    return True
+
+
+def ray_resources(resources: dict, workers: int, cpus_per_run: float | None, gpus_per_run: float | None,
+                  who: str) -> tuple[float, float]:
+    """CPUs and GPUs per task: given, else the cluster's CPUs / ``workers`` and one GPU when it has any; refused
+    when the cluster cannot hold one such task."""
+    cpus = cpus_per_run or max(1, int(resources.get("CPU", 1)) // workers)
+    gpus = gpus_per_run if gpus_per_run is not None else (1 if resources.get("GPU", 0) >= 1 else 0)
+    if cpus > resources.get("CPU", 0) or gpus > resources.get("GPU", 0):
+        raise MedbenchError(f"{who} asks for {cpus} CPU / {gpus} GPU but the Ray cluster has "
+                            f"{resources.get('CPU', 0):g} CPU / {resources.get('GPU', 0):g} GPU")
+    return cpus, gpus
 
 
 def run_jobs(executor: str, db_url: str, jobs: list[Job], *, address: str | None = None,

@@ -14,7 +14,6 @@ torch threads reproduces it) and ``report.html``. Optuna is an extra (``medbench
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -26,7 +25,7 @@ from medbench.errors import MedbenchError
 from medbench.estimate import estimate_config
 from medbench.fileio import write_csv, write_text
 from medbench.rundir import claim
-from medbench.study.executor import RAY_OBJECT_STORE, available_cpus, threads_per_worker
+from medbench.study.executor import ray_resources, run_processes, start_ray, threads_per_worker
 from medbench.study.store import DB_NAME, Store, default_url, pid_alive, this_host
 from medbench.study.tune_space import TuneSpace, load_space
 from medbench.study.tune_trial import (
@@ -124,23 +123,9 @@ def _run_local(space, out, url, *, trials, workers, data_dir, track, quiet) -> N
     if workers == 1:
         work(space, out, url, trials=trials, data_dir=data_dir, track=track, quiet=quiet)
         return
-    ctx = mp.get_context("spawn")
     threads = threads_per_worker(workers)
-    procs = [ctx.Process(target=_worker_main, args=(space, str(out), url, trials, i, threads, data_dir, track, quiet),
-                         name=f"medbench-tune-{i}") for i in range(workers)]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.join(10)
-        raise
-    bad = [p.exitcode for p in procs if p.exitcode]
+    bad = run_processes(_worker_main, [(space, str(out), url, trials, i, threads, data_dir, track, quiet)
+                                       for i in range(workers)], "medbench-tune")
     if bad and not quiet:
         print(f"{len(bad)} tune worker(s) exited with code(s) {bad}; their trials are retried", flush=True)
 
@@ -153,27 +138,10 @@ def _run_ray(space, out, url, *, trials, workers, address, cpus_per_run, gpus_pe
         import ray
     except ImportError:
         raise MedbenchError("the ray executor needs Ray: pip install 'medbench[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        env = {k: v for k, v in os.environ.items() if k.startswith("MEDBENCH_")}
-        kw: dict[str, Any] = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=not quiet,
-                                  logging_level="WARNING")
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            kw.update(num_cpus=available_cpus(), object_store_memory=RAY_OBJECT_STORE)
-        try:
-            ray.init(address=address, **kw)
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise MedbenchError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
-                                f"{one_line(e)[:300]}") from None
-        started = True
+    started = start_ray(ray, address, quiet)
     refs: list = []
     try:
-        res = ray.cluster_resources()
-        cpus = cpus_per_run or max(1, int(res.get("CPU", 1)) // workers)
-        gpus = gpus_per_run if gpus_per_run is not None else (1 if res.get("GPU", 0) >= 1 else 0)
-        if cpus > res.get("CPU", 0) or gpus > res.get("GPU", 0):
-            raise MedbenchError(f"each tune worker asks for {cpus} CPU / {gpus} GPU but the Ray cluster has "
-                                f"{res.get('CPU', 0):g} CPU / {res.get('GPU', 0):g} GPU")
+        cpus, gpus = ray_resources(ray.cluster_resources(), workers, cpus_per_run, gpus_per_run, "each tune worker")
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_worker_main)
         refs = [task.remote(space, str(out), url, trials, i, max(1, int(cpus)), data_dir, track, quiet)
                 for i in range(workers)]
