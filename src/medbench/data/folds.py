@@ -12,7 +12,6 @@ data keep their path under the data root.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from medbench.data.dataset import ImageDataset, Split, item_ids
 from medbench.data.folders import group_ids
-from medbench.data.splits import _strata
+from medbench.data.splits import _strata, group_strata
 from medbench.data.store import cat_images, select_rows
 from medbench.errors import MedbenchError
 
@@ -63,14 +62,7 @@ def assign_folds(labels, k: int, seed: int = 0, groups=None, *, class_names=None
     n = len(strata)
     if k < 2:
         raise MedbenchError(f"--folds {k}: cross-validation needs 2 folds or more")
-    groups = list(range(n)) if groups is None else list(groups)
-    if len(groups) != n:
-        raise MedbenchError(f"groups has {len(groups)} entries for {n} labels")
-    members: dict = defaultdict(list)
-    for i, g in enumerate(groups):
-        members[g].append(i)
-    keys = list(members)
-    g_label = np.array([_majority(strata[members[g]]) for g in keys], dtype=np.int64)
+    members, keys, g_label = group_strata(strata, range(n) if groups is None else groups)
     multilabel = np.asarray(labels).ndim == 2 and np.asarray(labels).shape[1] > 1
     unit = "group(s)" if len(keys) < n else "image(s)"
     if len(keys) < k:
@@ -101,12 +93,6 @@ def assign_folds(labels, k: int, seed: int = 0, groups=None, *, class_names=None
     for gi, g in enumerate(keys):
         out[members[g]] = fold_of_group[gi]
     return out
-
-
-def _majority(values: np.ndarray) -> int:
-    """The most frequent value; ties: the smallest."""
-    u, c = np.unique(values, return_counts=True)
-    return int(u[np.argmax(c)])
 
 
 def make_pool(ds: ImageDataset, k: int, seed: int = 0, group_regex: str | None = None) -> Pool:

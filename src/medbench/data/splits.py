@@ -44,6 +44,21 @@ def _allocate(sizes: Sequence[int], total: int, rng: np.random.Generator) -> np.
     return np.minimum(base, sizes.astype(np.int64))
 
 
+def group_strata(strata: np.ndarray, groups: Sequence) -> tuple[dict, list, np.ndarray]:
+    """Each group's sample indices, the groups in first-seen order, and each group's stratum: the most frequent
+    one among its samples (ties: the smallest), so a group is kept whole and counted once for its class."""
+    groups = list(groups)
+    if len(groups) != len(strata):
+        raise MedbenchError(f"groups has {len(groups)} entries for {len(strata)} labels")
+    members: dict = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    keys = list(members)
+    g_label = np.array([min(Counter(strata[members[g]].tolist()).most_common(), key=lambda kv: (-kv[1], kv[0]))[0]
+                        for g in keys], dtype=np.int64)
+    return members, keys, g_label
+
+
 def stratified_split(labels, fraction: float, seed: int = 0, groups: Sequence | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(keep, take)``: ``take`` holds about ``fraction`` of the samples, stratified by label.
@@ -63,15 +78,7 @@ def stratified_split(labels, fraction: float, seed: int = 0, groups: Sequence | 
     rng = np.random.default_rng(seed)
     if groups is None:
         groups = np.arange(n)
-    groups = list(groups)
-    if len(groups) != n:
-        raise MedbenchError(f"groups has {len(groups)} entries for {n} labels")
-    members: dict = defaultdict(list)
-    for i, g in enumerate(groups):
-        members[g].append(i)
-    keys = list(members)
-    g_label = np.array([min(Counter(strata[members[g]].tolist()).most_common(),
-                            key=lambda kv: (-kv[1], kv[0]))[0] for g in keys])
+    members, keys, g_label = group_strata(strata, groups)
     g_size = np.array([len(members[g]) for g in keys])
     if len(keys) < 2:
         raise MedbenchError("cannot split: all samples are in one group; check the group regex")
