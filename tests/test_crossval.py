@@ -18,7 +18,8 @@ import torch
 from medbench.config import resolve_config
 from medbench.data import ImageDataset, Split
 from medbench.data.folds import assign_folds, fold_dataset, make_pool
-from medbench.data.store import DiskImages, IndexedImages, SplitWriter, select_rows
+from medbench.data.store import DiskImages, SplitWriter
+from medbench.data.views import IndexedImages, select_rows
 from medbench.errors import MedbenchError
 from medbench.rundir import read_prediction_table, write_prediction_table
 

@@ -26,8 +26,9 @@ from medbench.data import ImageDataset
 from medbench.data.memory import fits_on_device
 from medbench.data.sampling import BalancedSampler
 from medbench.data.splits import leakage_report
-from medbench.data.store import cat_images, on_disk
+from medbench.data.store import on_disk
 from medbench.data.subgroups import subgroup_values_for
+from medbench.data.views import cat_images
 from medbench.engine import (
     Precision,
     WeightEMA,

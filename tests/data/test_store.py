@@ -15,7 +15,8 @@ from medbench.data.loader import iterate_batches
 from medbench.data.medmnist import load_npz, read_npz
 from medbench.data.memory import BUDGET_ENV, memory_budget
 from medbench.data.splits import leakage_report
-from medbench.data.store import ArrayWriter, CatImages, DiskImages, gather, open_store
+from medbench.data.store import ArrayWriter, DiskImages, gather, open_store
+from medbench.data.views import CatImages
 from medbench.errors import MedbenchError
 
 

@@ -5,7 +5,7 @@ given or drawn ones); the test split is never pooled. :func:`assign_folds` gives
 0..K-1, stratified by class (multi-label: by the whole label row) and, with groups (``--group-regex`` on the
 path), keeping each group (patient) wholly in one fold. :func:`fold_dataset` is fold ``i``'s run: val = fold i,
 train = the other folds, test untouched; images held on disk stay there (an index view,
-:class:`medbench.data.store.IndexedImages`).
+:class:`medbench.data.views.IndexedImages`).
 
 Pooled item ids: MedMNIST images are ``train/INDEX`` and ``val/INDEX`` (their index in the official split); own
 data keep their path under the data root.
@@ -20,7 +20,7 @@ import torch
 from medbench.data.dataset import ImageDataset, Split, item_ids
 from medbench.data.folders import group_ids
 from medbench.data.splits import _strata, group_strata
-from medbench.data.store import cat_images, select_rows
+from medbench.data.views import cat_images, select_rows
 from medbench.errors import MedbenchError
 
 POOLED = ("train", "val")
